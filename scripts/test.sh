@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, every test (unit, property,
+# integration over real sockets, and the ones that need a real Prometheus), benches
+# compiled, dashboards checked. Installs what it needs from Debian when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_packages=()
+command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
+command -v jq >/dev/null 2>&1 || need_packages+=(jq)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing ${need_packages[*]} (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+  else
+    echo "missing ${need_packages[*]}: run 'sudo apt-get install ${need_packages[*]}' or run this as root" >&2
+    exit 1
+  fi
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== tests"
+cargo nextest run --locked --no-fail-fast

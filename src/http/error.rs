@@ -1,0 +1,160 @@
+//! `ApiError`: the one error type at the HTTP edge, and the JSON error body
+//! `{"error": "...", "index": n|null}` that every 4xx/5xx of ours carries, including the
+//! ones produced by axum and tower-http layers ([`json_errors`]).
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::{domain::SensorIdError, ingest::DecodeError, store::StoreError};
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not a valid batch.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The sensor id in the path breaks a rule.
+    #[error("invalid sensor id in path: {0}")]
+    SensorId(#[from] SensorIdError),
+    /// The path could not be read as a sensor id (bad percent-encoding).
+    #[error("invalid sensor id in path: {0}")]
+    Path(String),
+    /// Content-Type other than JSON.
+    #[error("unsupported Content-Type `{0}`; send `application/json`")]
+    UnsupportedMediaType(String),
+    /// The body (on the wire or decompressed) is over the limit.
+    #[error("request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    /// The body could not be read or decompressed.
+    #[error("request body could not be read: {0}")]
+    Body(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Marks a response as a rejection, with a bounded reason for the rejection counter.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejection(pub &'static str);
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    index: Option<usize>,
+}
+
+/// Builds the JSON error response for `status`.
+pub fn error_response(
+    status: StatusCode,
+    reason: &'static str,
+    message: &str,
+    index: Option<usize>,
+) -> Response {
+    let mut response = (
+        status,
+        Json(ErrorBody {
+            error: message,
+            index,
+        }),
+    )
+        .into_response();
+    response.extensions_mut().insert(Rejection(reason));
+    response
+}
+
+impl ApiError {
+    fn status_and_reason(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Decode(e) => (StatusCode::BAD_REQUEST, e.reason()),
+            Self::SensorId(_) | Self::Path(_) => (StatusCode::BAD_REQUEST, "invalid_sensor_id"),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::Body(_) => (StatusCode::BAD_REQUEST, "unreadable_body"),
+            Self::Store(e) => match *e {},
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, reason) = self.status_and_reason();
+        let index = match &self {
+            Self::Decode(e) => e.index,
+            _ => None,
+        };
+        // Client errors are the client's business: logged at debug so a storm of bad
+        // requests cannot flood the log; the rejection counter shows them.
+        tracing::debug!(%status, reason, error = %self, "request rejected");
+        error_response(status, reason, &self.to_string(), index)
+    }
+}
+
+/// Gives the plain error responses of axum and tower-http (405, 408, 413, 415, ...) our
+/// JSON shape, keeping their status and headers (e.g. `Allow`). Responses that are already
+/// JSON pass untouched.
+pub async fn json_errors(State(body_limit): State<usize>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
+        return response;
+    }
+    let (reason, message) = match status {
+        StatusCode::NOT_FOUND => (
+            "not_found",
+            "no such route; see the README for the API".to_owned(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = response
+                .headers()
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            (
+                "method_not_allowed",
+                format!("method not allowed on this route; allowed: {allow}"),
+            )
+        }
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "request took too long and was cancelled".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            format!("request body is larger than the limit of {body_limit} bytes"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "unsupported Content-Encoding; send gzip, zstd or an uncompressed body".to_owned(),
+        ),
+        other => (
+            "other",
+            other.canonical_reason().unwrap_or("error").to_lowercase(),
+        ),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let json = serde_json::to_vec(&ErrorBody {
+        error: &message,
+        index: None,
+    })
+    .unwrap_or_default();
+    let mut response = Response::from_parts(parts, Body::from(json));
+    if status.is_client_error() {
+        response.extensions_mut().insert(Rejection(reason));
+    }
+    response
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}

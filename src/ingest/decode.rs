@@ -1,0 +1,440 @@
+//! `decode`: a `POST /data` body to a folded [`Batch`], all or nothing, with simd-json.
+//!
+//! simd-json parses in place into a tape; strings without escapes borrow from the body and
+//! escaped ones are unescaped in place, so no measurement allocates a string. The tape is
+//! walked once: every item is validated and folded into the batch, and the first invalid
+//! item fails the whole request with its index.
+
+use simd_json::{Node, StaticNode};
+
+use crate::domain::{Batch, SensorId, SensorIdError, Timestamp, TimestampError};
+
+/// How deeply a body may nest: the array (1), a measurement object (2), and containers
+/// inside unknown fields below that. Deeper bodies are rejected before any item is read.
+pub const MAX_DEPTH: usize = 8;
+
+/// Why a body was rejected, and at which measurement.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind}")]
+pub struct DecodeError {
+    /// Position of the offending measurement in the array; `None` for whole-body errors.
+    pub index: Option<usize>,
+    /// What is wrong.
+    pub kind: DecodeErrorKind,
+}
+
+/// What is wrong with a body or one of its measurements.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeErrorKind {
+    /// The body is not JSON at all.
+    #[error("request body is not valid JSON: {0}")]
+    Syntax(String),
+    /// The body is JSON but not an array.
+    #[error("request body must be a JSON array of measurements, got {0}")]
+    NotAnArray(&'static str),
+    /// The body nests deeper than [`MAX_DEPTH`].
+    #[error("request body nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// An item of the array is not an object.
+    #[error("measurement must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    /// A required field is absent.
+    #[error("measurement has no `{0}` field")]
+    Missing(&'static str),
+    /// A known field appears twice in one object.
+    #[error("measurement has the `{0}` field more than once")]
+    Duplicate(&'static str),
+    /// A known field has the wrong JSON type.
+    #[error("`{field}` must be {expected}, got {got}")]
+    Type {
+        /// The field.
+        field: &'static str,
+        /// What it must be.
+        expected: &'static str,
+        /// What it was.
+        got: &'static str,
+    },
+    /// The sensor id breaks a rule.
+    #[error("`sensor`: {0}")]
+    Sensor(#[from] SensorIdError),
+    /// The timestamp is not an accepted date-time.
+    #[error("`timestamp` {text:?} is invalid: {reason}")]
+    Timestamp {
+        /// The text as sent (cut to 64 characters).
+        text: String,
+        /// The rule it breaks.
+        reason: TimestampError,
+    },
+    /// The value is a number too large for a 64-bit float.
+    #[error("`value` must be a finite number")]
+    NotFinite,
+}
+
+impl DecodeError {
+    fn body(kind: DecodeErrorKind) -> Self {
+        Self { index: None, kind }
+    }
+
+    /// A short, bounded label for metrics: `malformed_json` or `invalid_measurement`.
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            DecodeErrorKind::Syntax(_) | DecodeErrorKind::NotAnArray(_) | DecodeErrorKind::TooDeep => {
+                "malformed_json"
+            }
+            _ => "invalid_measurement",
+        }
+    }
+}
+
+/// Decodes and validates a whole batch; `body` is modified in place by the parser.
+///
+/// # Errors
+/// [`DecodeError`] for the first problem found; no partial batch is returned.
+pub fn decode(body: &mut [u8]) -> Result<Batch<'_>, DecodeError> {
+    let tape =
+        simd_json::to_tape(body).map_err(|e| DecodeError::body(DecodeErrorKind::Syntax(e.to_string())))?;
+    let nodes = tape.0.as_slice();
+    let Some(root) = nodes.first() else {
+        return Err(DecodeError::body(DecodeErrorKind::Syntax("empty body".into())));
+    };
+    let Node::Array { len, count } = *root else {
+        return Err(DecodeError::body(DecodeErrorKind::NotAnArray(type_name(root))));
+    };
+    check_depth(nodes, 0, count)?;
+
+    // Most batches repeat sensors; a small table that grows on demand beats sizing by items.
+    let mut batch = Batch::with_capacity(len.min(64));
+    let mut pos = 1;
+    for index in 0..len {
+        let node = &nodes[pos];
+        let Node::Object { len: fields, count } = *node else {
+            return Err(DecodeError {
+                index: Some(index),
+                kind: DecodeErrorKind::NotAnObject(type_name(node)),
+            });
+        };
+        let (sensor, value, at) =
+            measurement(&nodes[pos + 1..=pos + count], fields).map_err(|kind| DecodeError {
+                index: Some(index),
+                kind,
+            })?;
+        batch.push(sensor, value, at);
+        pos += 1 + count;
+    }
+    Ok(batch)
+}
+
+/// Reads the `fields` key/value pairs of one object from `nodes` (its subtree).
+fn measurement<'a>(
+    nodes: &[Node<'a>],
+    fields: usize,
+) -> Result<(SensorId<'a>, f64, Timestamp), DecodeErrorKind> {
+    let mut sensor = None;
+    let mut timestamp = None;
+    let mut value = None;
+    let mut pos = 0;
+    for _ in 0..fields {
+        let Some(&Node::String(key)) = nodes.get(pos) else {
+            return Err(DecodeErrorKind::Syntax("object key is not a string".into()));
+        };
+        let node = &nodes[pos + 1];
+        pos += 2 + nested_count(node);
+        match key {
+            "sensor" => set_once(&mut sensor, "sensor", string(node, "sensor")?)?,
+            "timestamp" => set_once(&mut timestamp, "timestamp", string(node, "timestamp")?)?,
+            "value" => set_once(&mut value, "value", number(node)?)?,
+            _ => {}
+        }
+    }
+    let sensor = SensorId::parse(sensor.ok_or(DecodeErrorKind::Missing("sensor"))?)?;
+    let text = timestamp.ok_or(DecodeErrorKind::Missing("timestamp"))?;
+    let at = Timestamp::parse(text).map_err(|reason| DecodeErrorKind::Timestamp {
+        text: text.chars().take(64).collect(),
+        reason,
+    })?;
+    let value = value.ok_or(DecodeErrorKind::Missing("value"))?;
+    Ok((sensor, value, at))
+}
+
+fn set_once<T>(slot: &mut Option<T>, field: &'static str, v: T) -> Result<(), DecodeErrorKind> {
+    if slot.replace(v).is_some() {
+        return Err(DecodeErrorKind::Duplicate(field));
+    }
+    Ok(())
+}
+
+fn string<'a>(node: &Node<'a>, field: &'static str) -> Result<&'a str, DecodeErrorKind> {
+    match *node {
+        Node::String(s) => Ok(s),
+        _ => Err(DecodeErrorKind::Type {
+            field,
+            expected: "a string",
+            got: type_name(node),
+        }),
+    }
+}
+
+fn number(node: &Node<'_>) -> Result<f64, DecodeErrorKind> {
+    let v = match *node {
+        Node::Static(StaticNode::F64(v)) => v,
+        Node::Static(StaticNode::I64(v)) => v as f64,
+        Node::Static(StaticNode::U64(v)) => v as f64,
+        _ => {
+            return Err(DecodeErrorKind::Type {
+                field: "value",
+                expected: "a number",
+                got: type_name(node),
+            });
+        }
+    };
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(DecodeErrorKind::NotFinite)
+    }
+}
+
+/// How many tape nodes follow `node` inside it.
+fn nested_count(node: &Node<'_>) -> usize {
+    match *node {
+        Node::Array { count, .. } | Node::Object { count, .. } => count,
+        _ => 0,
+    }
+}
+
+/// Fails when the container at `start` (with `count` nested nodes) nests deeper than
+/// [`MAX_DEPTH`]. One pass with a stack of open containers' end positions.
+fn check_depth(nodes: &[Node<'_>], start: usize, count: usize) -> Result<(), DecodeError> {
+    let mut open_until = [0usize; MAX_DEPTH];
+    let mut depth = 0;
+    for (pos, node) in nodes.iter().enumerate().skip(start).take(count + 1) {
+        while depth > 0 && open_until[depth - 1] <= pos {
+            depth -= 1;
+        }
+        if let Node::Array { count, .. } | Node::Object { count, .. } = *node {
+            if depth == MAX_DEPTH {
+                return Err(DecodeError::body(DecodeErrorKind::TooDeep));
+            }
+            open_until[depth] = pos + 1 + count;
+            depth += 1;
+        }
+    }
+    Ok(())
+}
+
+fn type_name(node: &Node<'_>) -> &'static str {
+    match node {
+        Node::String(_) => "a string",
+        Node::Object { .. } => "an object",
+        Node::Array { .. } => "an array",
+        Node::Static(StaticNode::Null) => "null",
+        Node::Static(StaticNode::Bool(_)) => "a boolean",
+        Node::Static(_) => "a number",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn decode_str(json: &str) -> Result<HashMap<String, (u64, f64, String)>, DecodeError> {
+        let mut buf = json.as_bytes().to_vec();
+        let batch = decode(&mut buf)?;
+        Ok(batch
+            .deltas()
+            .map(|(s, d)| (s.to_string(), (d.count, d.sum, d.latest.to_string())))
+            .collect())
+    }
+
+    fn error(json: &str) -> DecodeError {
+        decode_str(json).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn decodes_the_contract_samples() {
+        let got = decode_str(
+            r#"[{"sensor":"sensor1","timestamp":"2021-11-08T21:38:09+00:00","value":2},
+                {"sensor":"sensor0","timestamp":"2021-11-09T21:38:09+01:00","value":3}]"#,
+        )
+        .unwrap();
+        assert_eq!(got["sensor1"], (1, 2.0, "2021-11-08T21:38:09+00:00".into()));
+        assert_eq!(got["sensor0"], (1, 3.0, "2021-11-09T20:38:09+00:00".into()));
+        assert!(decode_str("[]").unwrap().is_empty());
+        assert!(decode_str("  [ ]\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn skips_unknown_fields_of_any_shape_in_any_position() {
+        let got = decode_str(
+            r#"[{"unit":{"a":[1,{"b":2}]},"sensor":"s","x":[[]],"timestamp":"2021-01-01T00:00:00Z",
+                 "note":"hi","value":1.5,"tail":null},
+                {"value":2.5,"timestamp":"2021-01-01T00:00:01Z","sensor":"s"}]"#,
+        )
+        .unwrap();
+        assert_eq!(got["s"], (2, 4.0, "2021-01-01T00:00:01+00:00".into()));
+    }
+
+    #[test]
+    fn unescapes_sensor_ids() {
+        let got = decode_str(r#"[{"sensor":"a\"b\u00e9\/c","timestamp":"2021-01-01T00:00:00Z","value":1}]"#)
+            .unwrap();
+        assert!(got.contains_key("a\"bé/c"));
+    }
+
+    #[test]
+    fn accepts_integer_float_and_big_numbers() {
+        let got = decode_str(
+            r#"[{"sensor":"a","timestamp":"2021-01-01T00:00:00Z","value":-3},
+                {"sensor":"b","timestamp":"2021-01-01T00:00:00Z","value":18446744073709551615},
+                {"sensor":"c","timestamp":"2021-01-01T00:00:00Z","value":1.5e300},
+                {"sensor":"d","timestamp":"2021-01-01T00:00:00Z","value":-0.0}]"#,
+        )
+        .unwrap();
+        assert_eq!(got["a"].1, -3.0);
+        assert_eq!(got["b"].1, 18446744073709551615.0);
+        assert_eq!(got["c"].1, 1.5e300);
+    }
+
+    #[test]
+    fn whole_body_errors_have_no_index() {
+        for body in ["", "[", "{}", r#""x""#, "null", "[1,]", "nope", "[{\"sensor\":}]"] {
+            let e = error(body);
+            assert_eq!(e.index, None, "body {body:?}: {e}");
+            assert_eq!(e.reason(), "malformed_json", "body {body:?}");
+        }
+    }
+
+    #[test]
+    fn item_errors_name_the_index_and_the_rule() {
+        let ok = r#"{"sensor":"s","timestamp":"2021-01-01T00:00:00Z","value":1}"#;
+        let cases: &[(&str, DecodeErrorKind)] = &[
+            ("1", DecodeErrorKind::NotAnObject("a number")),
+            ("[]", DecodeErrorKind::NotAnObject("an array")),
+            (
+                r#"{"timestamp":"2021-01-01T00:00:00Z","value":1}"#,
+                DecodeErrorKind::Missing("sensor"),
+            ),
+            (
+                r#"{"sensor":"s","value":1}"#,
+                DecodeErrorKind::Missing("timestamp"),
+            ),
+            (
+                r#"{"sensor":"s","timestamp":"2021-01-01T00:00:00Z"}"#,
+                DecodeErrorKind::Missing("value"),
+            ),
+            (
+                r#"{"sensor":"s","timestamp":"2021-01-01T00:00:00Z","value":"1"}"#,
+                DecodeErrorKind::Type {
+                    field: "value",
+                    expected: "a number",
+                    got: "a string",
+                },
+            ),
+            (
+                r#"{"sensor":"s","timestamp":"2021-01-01T00:00:00Z","value":null}"#,
+                DecodeErrorKind::Type {
+                    field: "value",
+                    expected: "a number",
+                    got: "null",
+                },
+            ),
+            (
+                r#"{"sensor":"s","timestamp":"2021-01-01T00:00:00Z","value":true}"#,
+                DecodeErrorKind::Type {
+                    field: "value",
+                    expected: "a number",
+                    got: "a boolean",
+                },
+            ),
+            (
+                r#"{"sensor":"s","timestamp":1636407489,"value":1}"#,
+                DecodeErrorKind::Type {
+                    field: "timestamp",
+                    expected: "a string",
+                    got: "a number",
+                },
+            ),
+            (
+                r#"{"sensor":7,"timestamp":"2021-01-01T00:00:00Z","value":1}"#,
+                DecodeErrorKind::Type {
+                    field: "sensor",
+                    expected: "a string",
+                    got: "a number",
+                },
+            ),
+            (
+                r#"{"sensor":"","timestamp":"2021-01-01T00:00:00Z","value":1}"#,
+                DecodeErrorKind::Sensor(SensorIdError::Empty),
+            ),
+            (
+                r#"{"sensor":"s","timestamp":"2021-02-30T00:00:00Z","value":1}"#,
+                DecodeErrorKind::Timestamp {
+                    text: "2021-02-30T00:00:00Z".into(),
+                    reason: TimestampError::Date(2021, 2, 30),
+                },
+            ),
+            (
+                r#"{"sensor":"s","sensor":"t","timestamp":"2021-01-01T00:00:00Z","value":1}"#,
+                DecodeErrorKind::Duplicate("sensor"),
+            ),
+        ];
+        for (item, kind) in cases {
+            let e = error(&format!("[{ok},{ok},{item},{ok}]"));
+            assert_eq!(e.index, Some(2), "item {item}");
+            assert_eq!(&e.kind, kind, "item {item}");
+            assert_eq!(e.reason(), "invalid_measurement");
+        }
+    }
+
+    #[test]
+    fn sensor_longer_than_256_bytes_is_rejected() {
+        let long = "x".repeat(257);
+        let e = error(&format!(
+            r#"[{{"sensor":"{long}","timestamp":"2021-01-01T00:00:00Z","value":1}}]"#
+        ));
+        assert_eq!(e.kind, DecodeErrorKind::Sensor(SensorIdError::TooLong(257)));
+    }
+
+    #[test]
+    fn overflowing_numbers_are_rejected() {
+        let e = error(r#"[{"sensor":"s","timestamp":"2021-01-01T00:00:00Z","value":1e400}]"#);
+        assert!(
+            matches!(e.kind, DecodeErrorKind::NotFinite | DecodeErrorKind::Syntax(_)),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |depth: usize| {
+            format!(
+                r#"[{{"sensor":"s","timestamp":"2021-01-01T00:00:00Z","value":1,"x":{}1{}}}]"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(decode_str(&nested(MAX_DEPTH - 2)).is_ok());
+        assert_eq!(error(&nested(MAX_DEPTH - 1)).kind, DecodeErrorKind::TooDeep);
+        let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(decode_str(&bomb).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&mut bytes);
+        }
+
+        #[test]
+        fn mangled_valid_bodies_never_panic(cut in 0usize..120, byte in any::<u8>()) {
+            let mut body = br#"[{"sensor":"s","timestamp":"2021-01-01T00:00:00Z","value":1.5,"x":[{"y":2}]}]"#.to_vec();
+            let at = cut % body.len();
+            body[at] = byte;
+            let _ = decode(&mut body);
+        }
+    }
+}

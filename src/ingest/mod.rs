@@ -1,0 +1,6 @@
+//! Turning request bytes into domain values: JSON decoding and validation of a batch.
+//! Nothing here touches shared state, so a rejected request has applied nothing.
+
+mod decode;
+
+pub use decode::{DecodeError, DecodeErrorKind, MAX_DEPTH, decode};

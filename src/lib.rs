@@ -1,0 +1,31 @@
+//! sensor-stats: an HTTP service that ingests sensor measurements and answers per-sensor
+//! statistics (count, mean, latest instant).
+//!
+//! # Layout
+//!
+//! Lowest layer first; no module imports from a layer above it.
+//!
+//! - [`domain`]: pure types: sensor ids, timestamps (parse and print), the folded batch,
+//!   the summary a reader gets.
+//! - [`ingest`]: request bytes to a validated, folded batch (simd-json), all or nothing.
+//! - [`store`]: where statistics live, behind one `Store` handle (in-memory today).
+//! - [`http`]: routes, handlers, the JSON error type and the middleware stack.
+//! - [`app`]: binds the listener, serves connections, runs shutdown. The only place
+//!   that wires modules together.
+//! - Leaves anyone may use: [`config`] (flags and env), [`telemetry`] (logs),
+//!   [`metrics`] (every metric name), [`shutdown`] (signals), [`state`] (handler state).
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod healthcheck;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,270 @@
+//! Every metric of the service: names, label keys, bucket lists and HELP texts, the
+//! Prometheus recorder that holds them, and the rendering of `/metrics`. No axum here.
+//!
+//! Each [`Metrics`] owns its own recorder instead of installing a global one: several
+//! apps in one process (the tests) keep separate numbers, and handlers increment
+//! pre-registered handles instead of looking a name up on every call.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder as _, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Prefix of every metric name of ours.
+pub const PREFIX: &str = "sensor_stats_";
+
+/// Counter: HTTP requests by route, method and status code.
+pub const HTTP_REQUESTS: &str = "sensor_stats_http_requests_total";
+/// Histogram: HTTP request latency in seconds by route and method.
+pub const HTTP_DURATION: &str = "sensor_stats_http_request_duration_seconds";
+/// Gauge: requests being served right now.
+pub const HTTP_IN_FLIGHT: &str = "sensor_stats_http_requests_in_flight";
+/// Counter: requests answered with a 4xx error, by reason.
+pub const REJECTED: &str = "sensor_stats_requests_rejected_total";
+/// Counter: measurements accepted.
+pub const MEASUREMENTS: &str = "sensor_stats_ingest_measurements_total";
+/// Counter: batches (POST /data requests) accepted.
+pub const BATCHES: &str = "sensor_stats_ingest_batches_total";
+/// Histogram: size of accepted and rejected request bodies after decompression, in bytes.
+pub const BODY_BYTES: &str = "sensor_stats_ingest_body_bytes";
+/// Counter: DELETE /statistics requests served.
+pub const DELETES: &str = "sensor_stats_sensor_deletes_total";
+/// Gauge: sensors the store tracks.
+pub const SENSORS: &str = "sensor_stats_sensors_tracked";
+/// Gauge (always 1): version and git revision of the running binary.
+pub const BUILD_INFO: &str = "sensor_stats_build_info";
+
+/// Label key: matched route template (`/statistics/{sensor}`) or `unmatched`.
+pub const LABEL_ROUTE: &str = "route";
+/// Label key: HTTP method, or `other` for methods we do not serve.
+pub const LABEL_METHOD: &str = "method";
+/// Label key: HTTP status code.
+pub const LABEL_STATUS: &str = "status";
+/// Label key: bounded rejection reason.
+pub const LABEL_REASON: &str = "reason";
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+/// Body size buckets in bytes: 64 B to 16 MiB.
+pub const BODY_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+/// How often histogram samples are folded into buckets when nobody scrapes.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The metrics of one app: its recorder and the handles the hot path uses.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+    in_flight: Gauge,
+    measurements: Counter,
+    batches: Counter,
+    body_bytes: Histogram,
+    deletes: Counter,
+    sensors: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl Metrics {
+    /// A fresh recorder with every metric described and the build info set.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), DURATION_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BODY_BYTES.into()), BODY_BUCKETS))
+            .expect("bucket lists are non-empty constants")
+            .build_recorder();
+        let handle = recorder.handle();
+        describe(&recorder);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
+
+        let build_info = recorder.register_gauge(
+            &Key::from_parts(
+                BUILD_INFO,
+                vec![
+                    Label::new("version", env!("CARGO_PKG_VERSION")),
+                    Label::new("revision", env!("SENSOR_STATS_GIT_REVISION")),
+                ],
+            ),
+            &METADATA,
+        );
+        build_info.set(1.0);
+
+        let plain = |name: &'static str| Key::from_static_name(name);
+        Self {
+            in_flight: recorder.register_gauge(&plain(HTTP_IN_FLIGHT), &METADATA),
+            measurements: recorder.register_counter(&plain(MEASUREMENTS), &METADATA),
+            batches: recorder.register_counter(&plain(BATCHES), &METADATA),
+            body_bytes: recorder.register_histogram(&plain(BODY_BYTES), &METADATA),
+            deletes: recorder.register_counter(&plain(DELETES), &METADATA),
+            sensors: recorder.register_gauge(&plain(SENSORS), &METADATA),
+            recorder,
+            handle,
+            process,
+        }
+    }
+
+    /// Records one finished HTTP request.
+    pub fn http_request(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
+        let status = SharedString::from(itoa::Buffer::new().format(status).to_owned());
+        let counter_key = Key::from_parts(
+            HTTP_REQUESTS,
+            vec![
+                Label::from_static_parts(LABEL_ROUTE, route),
+                Label::from_static_parts(LABEL_METHOD, method),
+                Label::new(LABEL_STATUS, status),
+            ],
+        );
+        self.recorder
+            .register_counter(&counter_key, &METADATA)
+            .increment(1);
+        let duration_key = Key::from_parts(
+            HTTP_DURATION,
+            vec![
+                Label::from_static_parts(LABEL_ROUTE, route),
+                Label::from_static_parts(LABEL_METHOD, method),
+            ],
+        );
+        self.recorder
+            .register_histogram(&duration_key, &METADATA)
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// A request started (`+1`) or finished (`-1`).
+    pub fn in_flight(&self, delta: f64) {
+        self.in_flight.increment(delta);
+    }
+
+    /// Counts a request rejected with a 4xx for a bounded `reason`.
+    pub fn rejected(&self, reason: &'static str) {
+        let key = Key::from_parts(REJECTED, vec![Label::from_static_parts(LABEL_REASON, reason)]);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+    }
+
+    /// Counts an accepted batch of `measurements`.
+    pub fn batch_accepted(&self, measurements: u64) {
+        self.batches.increment(1);
+        self.measurements.increment(measurements);
+    }
+
+    /// Records the decoded size of a request body.
+    pub fn body_bytes(&self, bytes: usize) {
+        self.body_bytes.record(bytes as f64);
+    }
+
+    /// Counts a served DELETE.
+    pub fn deleted(&self) {
+        self.deletes.increment(1);
+    }
+
+    /// Folds pending histogram samples into buckets; run every [`UPKEEP_INTERVAL`].
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The Prometheus text exposition, with gauges sampled now.
+    pub fn render(&self, sensors_tracked: usize) -> String {
+        self.sensors.set(sensors_tracked as f64);
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
+        self.handle.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn describe(r: &PrometheusRecorder) {
+    let items: [(&'static str, Unit, &'static str); 10] = [
+        (
+            HTTP_REQUESTS,
+            Unit::Count,
+            "HTTP requests by matched route, method and status code.",
+        ),
+        (
+            HTTP_DURATION,
+            Unit::Seconds,
+            "HTTP request latency by matched route and method.",
+        ),
+        (HTTP_IN_FLIGHT, Unit::Count, "HTTP requests being served."),
+        (
+            REJECTED,
+            Unit::Count,
+            "Requests answered with a 4xx error, by reason.",
+        ),
+        (MEASUREMENTS, Unit::Count, "Measurements accepted by POST /data."),
+        (BATCHES, Unit::Count, "Batches (POST /data requests) accepted."),
+        (
+            BODY_BYTES,
+            Unit::Bytes,
+            "Size of POST /data bodies after decompression.",
+        ),
+        (
+            DELETES,
+            Unit::Count,
+            "DELETE /statistics/{sensor} requests served.",
+        ),
+        (SENSORS, Unit::Count, "Sensors with statistics in the store."),
+        (
+            BUILD_INFO,
+            Unit::Count,
+            "Always 1; labels carry the version and git revision.",
+        ),
+    ];
+    for (name, unit, help) in items {
+        let key = name.into();
+        match name {
+            HTTP_DURATION | BODY_BYTES => r.describe_histogram(key, Some(unit), help.into()),
+            HTTP_IN_FLIGHT | SENSORS | BUILD_INFO => r.describe_gauge(key, Some(unit), help.into()),
+            _ => r.describe_counter(key, Some(unit), help.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_has_the_prefix_and_a_unit_suffix() {
+        for name in [HTTP_REQUESTS, REJECTED, MEASUREMENTS, BATCHES, DELETES] {
+            assert!(name.starts_with(PREFIX) && name.ends_with("_total"), "{name}");
+        }
+        assert!(HTTP_DURATION.ends_with("_seconds") && BODY_BYTES.ends_with("_bytes"));
+    }
+
+    #[test]
+    fn render_shows_help_buckets_and_build_info() {
+        let m = Metrics::new();
+        m.http_request("/data", "POST", 204, Duration::from_millis(3));
+        m.rejected("malformed_json");
+        m.batch_accepted(10);
+        let text = m.render(7);
+        assert!(text.contains("# HELP sensor_stats_http_requests_total"), "{text}");
+        assert!(
+            text.contains(r#"sensor_stats_http_requests_total{route="/data",method="POST",status="204"} 1"#)
+        );
+        assert!(text.contains(
+            r#"sensor_stats_http_request_duration_seconds_bucket{route="/data",method="POST",le="0.005"} 1"#
+        ));
+        assert!(text.contains(r#"sensor_stats_requests_rejected_total{reason="malformed_json"} 1"#));
+        assert!(text.contains("sensor_stats_ingest_measurements_total 10"));
+        assert!(text.contains("sensor_stats_sensors_tracked 7"));
+        assert!(text.contains("sensor_stats_build_info{version="));
+        assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    }
+}

@@ -1,0 +1,52 @@
+//! `AppState`: the cheap-to-clone handles every handler may use, and the lifecycle flags
+//! that `app` flips at start-up and shutdown.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use crate::{metrics::Metrics, store::Store};
+
+/// Shared by all handlers; every field is a handle, cloning is a few reference counts.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Where statistics live.
+    pub store: Store,
+    /// Metric handles and the `/metrics` renderer.
+    pub metrics: Arc<Metrics>,
+    /// Readiness and draining flags.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Largest accepted body, in bytes.
+    pub body_limit: usize,
+}
+
+/// Where the process is in its life: starting (not ready), serving (ready), draining.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    /// Whether `/healthz` should say 204.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether shutdown has begun: responses then ask clients to close the connection.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Start-up is complete.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Shutdown has begun: not ready any more, and draining.
+    pub fn start_draining(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.draining.store(true, Ordering::Release);
+    }
+}

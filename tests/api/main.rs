@@ -1,0 +1,11 @@
+//! The integration tests: the real app on 127.0.0.1:0, driven over a real socket.
+
+#![allow(unreachable_pub, missing_docs)]
+
+mod health;
+mod helpers;
+mod ingest;
+mod metrics;
+mod routes;
+mod shutdown;
+mod statistics;
