@@ -6,6 +6,7 @@ mod health;
 mod helpers;
 mod ingest;
 mod metrics;
+mod prometheus;
 mod routes;
 mod shutdown;
 mod statistics;

@@ -1,0 +1,621 @@
+//! The observability files against the real tools: every expression of the Grafana
+//! dashboard must parse and return data in a real Prometheus that scrapes the real app,
+//! `deploy/prometheus.yml` must pass `promtool check config`, and `grafana/check.sh` must
+//! pass. Needs `prometheus`, `promtool` and `jq` on PATH: `scripts/test.sh` installs them.
+
+use std::{
+    fmt::Write as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::helpers::{TestApp, measurement, sample, spawn_app};
+
+/// The whole dashboard test must end well inside a minute, whatever hangs.
+const TEST_BUDGET: Duration = Duration::from_secs(50);
+/// Prometheus must answer `/-/ready` within this.
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+/// The scrapes the queries need must have happened within this, once Prometheus is ready.
+const SCRAPES_DEADLINE: Duration = Duration::from_secs(20);
+/// Successful scrapes to wait for, 1 s apart: a rate over [`RATE_INTERVAL`] needs two.
+const MIN_SCRAPES: f64 = 3.0;
+/// What `$__rate_interval` becomes: Grafana would pick 4 × the 1 s scrape interval; 10 s
+/// covers several scrapes with room for a late one.
+const RATE_INTERVAL: &str = "10s";
+const JOB: &str = "sensor-stats";
+const INSTALL_HINT: &str = "run scripts/test.sh, which installs prometheus, promtool and jq from Debian";
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
+    let started = Instant::now();
+    tokio::time::timeout(TEST_BUDGET, dashboard_against_prometheus())
+        .await
+        .unwrap_or_else(|_| panic!("gave up after {TEST_BUDGET:?}: something hung"));
+    let elapsed = started.elapsed();
+    assert!(elapsed < TEST_BUDGET, "took {elapsed:?}");
+}
+
+async fn dashboard_against_prometheus() {
+    // Arrange: the app, traffic of every kind, and a Prometheus scraping the app every second.
+    let app = spawn_app().await;
+    let traffic = Traffic::start(&app);
+    let prometheus = Prometheus::start(&app).await;
+    prometheus.wait_for_scrapes(MIN_SCRAPES).await;
+
+    // Act: every expression of every panel (and the variable query) through the HTTP API.
+    let dashboard = read_dashboard();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for query in dashboard_queries(&dashboard) {
+        checked += 1;
+        if let Err(why) = prometheus.returns_data(&query.promql).await {
+            failures.push(format!(
+                "{}\n    expr:  {}\n    sent:  {}\n    error: {why}",
+                query.origin, query.expr, query.promql
+            ));
+        }
+    }
+    let known_names = prometheus.metric_names().await;
+    for (origin, name) in metric_names_used(&dashboard) {
+        if !known_names.contains(&name) {
+            failures.push(format!(
+                "{origin}\n    uses metric {name:?}, which Prometheus never scraped from the app"
+            ));
+        }
+    }
+    let rounds = traffic.stop().await;
+
+    // Assert
+    assert!(rounds > 0, "the traffic driver never finished a round");
+    assert!(checked >= 16, "only {checked} expressions found in the dashboard");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} dashboard queries failed against Prometheus:\n\n{}\n\nPrometheus log:\n{}",
+        failures.len(),
+        failures.join("\n\n"),
+        prometheus.log_tail()
+    );
+}
+
+#[test]
+fn deploy_prometheus_config_passes_promtool() {
+    let output = run_tool(
+        Command::new("promtool").args(["check", "config", "deploy/prometheus.yml"]),
+        "promtool",
+    );
+    assert!(
+        output.status.success(),
+        "promtool check config failed:\n{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn grafana_dashboards_pass_check_sh() {
+    let output = run_tool(Command::new("bash").arg("grafana/check.sh"), "bash");
+    assert!(
+        output.status.success(),
+        "grafana/check.sh failed:\n{}",
+        describe(&output)
+    );
+}
+
+fn run_tool(command: &mut Command, program: &str) -> Output {
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): {INSTALL_HINT}"))
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+// ---------------------------------------------------------------------------- dashboard
+
+fn read_dashboard() -> Value {
+    let path = repo_path("grafana/dashboards/sensor-stats.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// One PromQL expression of the dashboard, ready to send.
+struct DashboardQuery {
+    /// Where it comes from, for the failure message.
+    origin: String,
+    /// As written in the dashboard.
+    expr: String,
+    /// With the Grafana variables substituted.
+    promql: String,
+}
+
+/// Panels, including those nested in collapsed rows.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut all = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        all.push(panel);
+        all.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    all
+}
+
+fn targets(dashboard: &Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for panel in panels(dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str().filter(|e| !e.trim().is_empty()) else {
+                continue;
+            };
+            let origin = format!(
+                "panel {} {:?} target {}",
+                panel["id"],
+                panel["title"].as_str().unwrap_or("<no title>"),
+                target["refId"].as_str().unwrap_or("?")
+            );
+            found.push((origin, expr.to_owned()));
+        }
+    }
+    found
+}
+
+fn dashboard_queries(dashboard: &Value) -> Vec<DashboardQuery> {
+    let variables = variable_names(dashboard);
+    let mut queries: Vec<DashboardQuery> = targets(dashboard)
+        .into_iter()
+        .map(|(origin, expr)| DashboardQuery {
+            promql: substitute(&expr, &variables),
+            origin,
+            expr,
+        })
+        .collect();
+    // Query variables: `label_values(metric, label)` is Grafana's; ask the same in PromQL.
+    for variable in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let query = match &variable["query"] {
+            Value::Object(q) => q.get("query").and_then(Value::as_str),
+            other => other.as_str(),
+        };
+        let origin = format!("variable {}", variable["name"]);
+        let expr = query.unwrap_or_default().to_owned();
+        let promql = label_values_as_promql(&expr)
+            .unwrap_or_else(|| format!("unsupported variable query (expected label_values(...)): {expr}"));
+        queries.push(DashboardQuery { origin, expr, promql });
+    }
+    queries
+}
+
+fn variable_names(dashboard: &Value) -> Vec<String> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Replaces Grafana's variables the way a dashboard showing "All" over the last few
+/// seconds would: `$__rate_interval` by [`RATE_INTERVAL`], every template variable by
+/// `.*` (they are only ever used in `=~` matchers).
+fn substitute(expr: &str, variables: &[String]) -> String {
+    let mut out = expr.to_owned();
+    for (builtin, value) in [
+        ("__rate_interval", RATE_INTERVAL),
+        ("__interval", "2s"),
+        ("__range", "1m"),
+    ] {
+        out = out
+            .replace(&format!("${{{builtin}}}"), value)
+            .replace(&format!("${builtin}"), value);
+    }
+    let mut variables: Vec<&String> = variables.iter().collect();
+    // Longest first, so `$instance` does not eat the start of `$instance_group`.
+    variables.sort_by_key(|name| std::cmp::Reverse(name.len()));
+    for name in variables {
+        out = out
+            .replace(&format!("${{{name}}}"), ".*")
+            .replace(&format!("[[{name}]]"), ".*")
+            .replace(&format!("${name}"), ".*");
+    }
+    out
+}
+
+fn label_values_as_promql(query: &str) -> Option<String> {
+    let args = query.trim().strip_prefix("label_values(")?.strip_suffix(')')?;
+    Some(match args.rsplit_once(',') {
+        Some((metric, label)) => format!("count by ({}) ({})", label.trim(), metric.trim()),
+        None => format!("count by ({0}) ({{{0}!=\"\"}})", args.trim()),
+    })
+}
+
+/// Every name of ours (`sensor_stats_*`, `process_*`) that an expression mentions.
+fn metric_names_used(dashboard: &Value) -> Vec<(String, String)> {
+    let mut used = Vec::new();
+    for (origin, expr) in targets(dashboard) {
+        for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if token.starts_with("sensor_stats_") || token.starts_with("process_") {
+                used.push((origin.clone(), token.to_owned()));
+            }
+        }
+    }
+    used
+}
+
+// ---------------------------------------------------------------------------- traffic
+
+/// Requests of every kind, sent round after round by a background task until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
+    task: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Traffic {
+    fn start(app: &TestApp) -> Self {
+        let client = app.client.clone();
+        let base = format!("http://{}", app.addr);
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            let rounds = Arc::clone(&rounds);
+            async move {
+                let ex1 = sample("post_data_ex1.json");
+                let ex2 = sample("post_data_ex2.json");
+                while !stop.load(Ordering::Relaxed) {
+                    let n = rounds.load(Ordering::Relaxed);
+                    let fresh = format!(
+                        "[{}]",
+                        measurement(&format!("load-{}", n % 7), "2021-11-08T21:38:09Z", n as f64)
+                    );
+                    let calls: [(Method, &str, Option<&str>, &str, StatusCode); 12] = [
+                        (
+                            Method::POST,
+                            "/data",
+                            Some("application/json"),
+                            &ex1,
+                            StatusCode::NO_CONTENT,
+                        ),
+                        (
+                            Method::POST,
+                            "/data",
+                            Some("application/json"),
+                            &ex2,
+                            StatusCode::NO_CONTENT,
+                        ),
+                        (Method::POST, "/data", None, &fresh, StatusCode::NO_CONTENT),
+                        (
+                            Method::POST,
+                            "/data",
+                            Some("application/json"),
+                            "nope",
+                            StatusCode::BAD_REQUEST,
+                        ),
+                        (
+                            Method::POST,
+                            "/data",
+                            Some("application/json"),
+                            r#"[{"sensor":"s","timestamp":"2021-02-30T00:00:00Z","value":1}]"#,
+                            StatusCode::BAD_REQUEST,
+                        ),
+                        (
+                            Method::POST,
+                            "/data",
+                            Some("text/plain"),
+                            "[]",
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        ),
+                        (Method::GET, "/no/such/path", None, "", StatusCode::NOT_FOUND),
+                        (
+                            Method::PUT,
+                            "/statistics/sensor0",
+                            None,
+                            "",
+                            StatusCode::METHOD_NOT_ALLOWED,
+                        ),
+                        (Method::GET, "/statistics/sensor0", None, "", StatusCode::OK),
+                        (Method::GET, "/statistics/never-seen", None, "", StatusCode::OK),
+                        (
+                            Method::DELETE,
+                            "/statistics/sensor1",
+                            None,
+                            "",
+                            StatusCode::NO_CONTENT,
+                        ),
+                        (Method::GET, "/healthz", None, "", StatusCode::NO_CONTENT),
+                    ];
+                    for (method, path, content_type, body, expected) in calls {
+                        let mut request = client
+                            .request(method.clone(), format!("{base}{path}"))
+                            .timeout(Duration::from_secs(5))
+                            .body(body.to_owned());
+                        if let Some(ct) = content_type {
+                            request = request.header("content-type", ct);
+                        }
+                        let status = request
+                            .send()
+                            .await
+                            .map_err(|e| format!("{method} {path}: {e}"))?
+                            .status();
+                        if status != expected {
+                            return Err(format!("{method} {path}: {status}, expected {expected}"));
+                        }
+                    }
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(())
+            }
+        });
+        Self {
+            stop,
+            rounds,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the driver and returns how many rounds it completed; panics if it failed.
+    async fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let task = self.task.take().expect("stopped once");
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(Ok(()))) => self.rounds.load(Ordering::Relaxed),
+            Ok(Ok(Err(why))) => panic!("the traffic driver failed: {why}"),
+            Ok(Err(join)) => panic!("the traffic driver panicked: {join}"),
+            Err(_) => panic!("the traffic driver did not stop within 10 s"),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- prometheus
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path =
+            std::env::temp_dir().join(format!("sensor-stats-prometheus-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real `prometheus` process scraping one app; killed (and its directory removed) on
+/// drop, panics included.
+struct Prometheus {
+    child: Child,
+    url: String,
+    client: reqwest::Client,
+    log: PathBuf,
+    // Dropped after `drop` has killed the process, so the directory is no longer in use.
+    _dir: TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    async fn start(app: &TestApp) -> Self {
+        let dir = TempDir::new();
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [\"{}\"]\n",
+                app.addr
+            ),
+        )
+        .expect("write prometheus.yml");
+        let log = dir.0.join("prometheus.log");
+        let log_file = std::fs::File::create(&log).expect("create prometheus.log");
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log handle"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `prometheus` ({e}): {INSTALL_HINT}"));
+        let mut prometheus = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client builds"),
+            log,
+            _dir: dir,
+        };
+        prometheus.wait_until_ready().await;
+        prometheus
+    }
+
+    async fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "prometheus exited with {status} while starting:\n{}",
+                    self.log_tail()
+                );
+            }
+            let ready = self.client.get(format!("{}/-/ready", self.url)).send().await;
+            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready after {READY_DEADLINE:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_for_scrapes(&self, at_least: f64) {
+        let deadline = Instant::now() + SCRAPES_DEADLINE;
+        let query = format!("sum_over_time(up{{job=\"{JOB}\"}}[1m])");
+        loop {
+            let scrapes = self
+                .query(&query)
+                .await
+                .ok()
+                .and_then(|data| sample_values(&data).into_iter().next())
+                .unwrap_or(0.0);
+            if scrapes >= at_least {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {scrapes} successful scrapes of the app after {SCRAPES_DEADLINE:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `/api/v1/query` now; the `data` object on success, the error otherwise.
+    async fn query(&self, promql: &str) -> Result<Value, String> {
+        let response = self
+            .client
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let http = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("HTTP {http}, body is not JSON: {e}"))?;
+        if body["status"] != "success" {
+            return Err(format!(
+                "HTTP {http}, status {}: {} {}",
+                body["status"], body["errorType"], body["error"]
+            ));
+        }
+        Ok(body["data"].clone())
+    }
+
+    /// Ok when `promql` parses and yields at least one sample that is a number.
+    async fn returns_data(&self, promql: &str) -> Result<(), String> {
+        let data = self.query(promql).await?;
+        let values = sample_values(&data);
+        if values.is_empty() {
+            return Err(format!("no data ({data})"));
+        }
+        if values.iter().all(|v| v.is_nan()) {
+            return Err(format!("only NaN ({data})"));
+        }
+        Ok(())
+    }
+
+    async fn metric_names(&self) -> Vec<String> {
+        let body: Value = self
+            .client
+            .get(format!("{}/api/v1/label/__name__/values", self.url))
+            .send()
+            .await
+            .expect("label values request")
+            .json()
+            .await
+            .expect("label values JSON");
+        body["data"]
+            .as_array()
+            .expect("label values are an array")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if text.trim().is_empty() {
+            return "  (nothing logged at level warn or above)\n".to_owned();
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let mut tail = String::new();
+        for line in &lines[lines.len().saturating_sub(30)..] {
+            let _ = writeln!(tail, "  {line}");
+        }
+        tail
+    }
+}
+
+/// The sample values of an instant query's `data`, whatever its result type.
+fn sample_values(data: &Value) -> Vec<f64> {
+    let parse = |pair: &Value| pair[1].as_str().and_then(|v| v.parse::<f64>().ok());
+    match data["resultType"].as_str() {
+        Some("vector") => data["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| parse(&s["value"]))
+            .collect(),
+        Some("matrix") => data["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["values"].as_array().into_iter().flatten())
+            .filter_map(parse)
+            .collect(),
+        Some("scalar") => parse(&data["result"]).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A loopback port nobody listened on a moment ago.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
