@@ -14,6 +14,7 @@
 //!   that wires modules together.
 //! - Leaves anyone may use: [`config`] (flags and env), [`telemetry`] (logs),
 //!   [`metrics`] (every metric name), [`shutdown`] (signals), [`state`] (handler state).
+//! - [`workload`]: deterministic request bodies for benches and the load test.
 
 pub mod app;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod workload;
 
 pub use app::App;
 pub use config::Config;

@@ -1,0 +1,90 @@
+//! Whole requests through the router without a socket: `POST /data` (W1 body) and
+//! `GET /statistics/{sensor}`, with the production middleware stack and with the bare
+//! handlers, so the cost of metrics, tracing, request ids and error mapping shows.
+
+#![allow(missing_docs)] // criterion_group! generates undocumented public functions
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode},
+    routing::{get, post},
+};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sensor_stats::{
+    http::{self, ingest::post_data, statistics::get_statistics},
+    metrics::Metrics,
+    state::{AppState, Lifecycle},
+    store::Store,
+    workload,
+};
+use tower::ServiceExt as _;
+
+fn state() -> AppState {
+    let lifecycle = Arc::new(Lifecycle::default());
+    lifecycle.set_ready();
+    AppState {
+        store: Store::memory(),
+        metrics: Arc::new(Metrics::new()),
+        lifecycle,
+        body_limit: 16 << 20,
+    }
+}
+
+fn routers() -> [(&'static str, Router); 2] {
+    let full = http::router(state(), Duration::from_secs(30));
+    let bare = Router::new()
+        .route("/data", post(post_data))
+        .route("/statistics/{sensor}", get(get_statistics))
+        .with_state(state());
+    [("with_middleware", full), ("bare_handlers", bare)]
+}
+
+async fn call(router: &Router, request: Request<Body>, want: StatusCode) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), want);
+    axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+}
+
+fn bench_router(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let w1 = bytes::Bytes::from(workload::batch(1000, 100, 1));
+    let one = bytes::Bytes::from(workload::batch(1, 1, 1));
+
+    let mut group = c.benchmark_group("router");
+    for (variant, router) in routers() {
+        group.throughput(Throughput::Elements(1000));
+        group.bench_function(BenchmarkId::new("post_w1_batch", variant), |b| {
+            b.to_async(&rt).iter(|| {
+                let req = Request::post("/data").body(Body::from(w1.clone())).unwrap();
+                call(&router, req, StatusCode::NO_CONTENT)
+            })
+        });
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::new("post_one_measurement", variant), |b| {
+            b.to_async(&rt).iter(|| {
+                let req = Request::post("/data").body(Body::from(one.clone())).unwrap();
+                call(&router, req, StatusCode::NO_CONTENT)
+            })
+        });
+        group.bench_function(BenchmarkId::new("get_statistics", variant), |b| {
+            b.to_async(&rt).iter(|| {
+                let req = Request::get("/statistics/sensor-000000000")
+                    .body(Body::empty())
+                    .unwrap();
+                call(&router, req, StatusCode::OK)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_router);
+criterion_main!(benches);

@@ -1,0 +1,551 @@
+//! The load test: starts the release server on 127.0.0.1 (pinned to one core with
+//! `taskset` when asked), drives each workload for a fixed time after a warm-up, checks
+//! through GET that the server counted every measurement it acknowledged, and prints one
+//! table. Traffic goes only to 127.0.0.1 and every run stops by itself.
+//!
+//! Run it with `scripts/loadtest.sh` (builds, pins server and load to separate cores).
+//!
+//! Workloads (a fresh server each):
+//! - W1: 1000-measurement batches over 100 sensors.
+//! - W2: 1-measurement posts.
+//! - W3: GET /statistics over 100 known sensors.
+//! - W4: 90% POST of 100-measurement batches to 10 hot sensors, 10% GET of the same
+//!   sensors from other connections.
+//! - MEM: 1M sensors with 16-byte ids posted in batches of 10k; RSS growth per sensor.
+
+#![allow(missing_docs, clippy::print_stdout)]
+
+use std::{
+    cell::RefCell,
+    net::{SocketAddr, TcpListener as StdListener},
+    process::{Child, Command, Stdio},
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, StatusCode, client::conn::http1};
+use hyper_util::rt::TokioIo;
+use sensor_stats::workload;
+use tokio::net::TcpStream;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The server binary to start.
+    #[arg(long, default_value = "target/release/sensor-stats")]
+    server: String,
+    /// Pin the server to this CPU with taskset (omit to leave it unpinned).
+    #[arg(long)]
+    server_cpu: Option<usize>,
+    /// Measured time per workload.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before each workload.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Workloads to run, comma-separated: w1,w2,w3,w4,mem.
+    #[arg(long, default_value = "w1,w2,w3,w4,mem", value_delimiter = ',')]
+    workloads: Vec<String>,
+}
+
+/// One running server process.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start(args: &Args) -> Self {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = match args.server_cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), &args.server]);
+                c
+            }
+            None => Command::new(&args.server),
+        };
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--log-level",
+            "warn",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.server));
+        let server = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = Client::connect(server.addr).await
+                && c.get("/healthz").await.0 == StatusCode::NO_CONTENT
+            {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "server did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0 // USER_HZ is 100 on Linux
+    }
+
+    /// `(current RSS, peak RSS)` in bytes.
+    fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        (kb("VmRSS:"), kb("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Client {
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { sender })
+    }
+
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
+        self.sender.ready().await.expect("connection usable");
+        let resp = self.sender.send_request(req).await.expect("response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, body)
+    }
+
+    async fn post(&mut self, body: Bytes) -> StatusCode {
+        let req = Request::post("/data")
+            .header("host", "loadtest")
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap();
+        self.send(req).await.0
+    }
+
+    async fn get(&mut self, path: &str) -> (StatusCode, Bytes) {
+        let req = Request::get(path)
+            .header("host", "loadtest")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    async fn count(&mut self, sensor: &str) -> u64 {
+        let (status, body) = self.get(&format!("/statistics/{sensor}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["count"].as_u64().unwrap()
+    }
+}
+
+/// What the workers of one kind saw during the measured window.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    measurements: u64,
+    latency: Option<Histogram<u64>>,
+}
+
+impl Tally {
+    fn record(&mut self, started: Instant, measurements: u64) {
+        let h = self.latency.get_or_insert_with(|| Histogram::new(3).unwrap());
+        let _ = h.record(started.elapsed().as_micros() as u64);
+        self.requests += 1;
+        self.measurements += measurements;
+    }
+
+    fn percentile(&self, q: f64) -> f64 {
+        self.latency
+            .as_ref()
+            .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
+    }
+}
+
+/// The kind of request a worker sends.
+#[derive(Clone)]
+enum Job {
+    /// POST one of these bodies (round-robin); each carries `per_body` measurements.
+    Post { bodies: Rc<Vec<Bytes>>, per_body: u64 },
+    /// GET /statistics of one of these sensors (round-robin); with `ratio`, wait so
+    /// that GETs stay at about 1 for `ratio` POSTs of `posts`.
+    Get {
+        sensors: Rc<Vec<String>>,
+        paced_by: Option<(Rc<RefCell<Tally>>, u64)>,
+    },
+}
+
+struct Window {
+    measure_from: Instant,
+    until: Instant,
+}
+
+/// Runs one worker until the window closes. Acknowledged measurements are counted over
+/// the whole run (for the GET check), timings only inside the measured window.
+async fn worker(
+    addr: SocketAddr,
+    job: Job,
+    window: Rc<Window>,
+    tally: Rc<RefCell<Tally>>,
+    acked: Rc<RefCell<u64>>,
+) {
+    let mut client = Client::connect(addr).await.expect("connect");
+    let mut i = 0usize;
+    while Instant::now() < window.until {
+        let started = Instant::now();
+        let measurements = match &job {
+            Job::Post { bodies, per_body } => {
+                let status = client.post(bodies[i % bodies.len()].clone()).await;
+                assert_eq!(status, StatusCode::NO_CONTENT);
+                *acked.borrow_mut() += per_body;
+                *per_body
+            }
+            Job::Get { sensors, paced_by } => {
+                if let Some((posts, ratio)) = paced_by
+                    && tally.borrow().requests * ratio > posts.borrow().requests
+                {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    continue;
+                }
+                let (status, _) = client
+                    .get(&format!("/statistics/{}", sensors[i % sensors.len()]))
+                    .await;
+                assert_eq!(status, StatusCode::OK);
+                0
+            }
+        };
+        if started >= window.measure_from {
+            tally.borrow_mut().record(started, measurements);
+        }
+        i += 1;
+    }
+}
+
+struct Row {
+    name: &'static str,
+    connections: String,
+    requests_per_s: f64,
+    measurements_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    extra: String,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+    verified: String,
+}
+
+async fn run_mix(
+    args: &Args,
+    server: &Server,
+    groups: Vec<(Job, usize)>,
+) -> (Vec<Rc<RefCell<Tally>>>, u64, f64) {
+    let now = Instant::now();
+    let window = Rc::new(Window {
+        measure_from: now + args.warmup,
+        until: now + args.warmup + args.duration,
+    });
+    let acked = Rc::new(RefCell::new(0u64));
+    let tallies: Vec<Rc<RefCell<Tally>>> = groups.iter().map(|_| Rc::default()).collect();
+    // GET pacing refers to the first group's tally (the POSTs).
+    let mut handles = Vec::new();
+    for (g, (job, connections)) in groups.into_iter().enumerate() {
+        let job = match job {
+            Job::Get {
+                sensors,
+                paced_by: Some((_, ratio)),
+            } => Job::Get {
+                sensors,
+                paced_by: Some((Rc::clone(&tallies[0]), ratio)),
+            },
+            other => other,
+        };
+        for _ in 0..connections {
+            handles.push(tokio::task::spawn_local(worker(
+                server.addr,
+                job.clone(),
+                Rc::clone(&window),
+                Rc::clone(&tallies[g]),
+                Rc::clone(&acked),
+            )));
+        }
+    }
+    tokio::time::sleep_until(window.measure_from.into()).await;
+    let cpu_start = server.cpu_seconds();
+    tokio::time::sleep_until(window.until.into()).await;
+    let cpu = server.cpu_seconds() - cpu_start;
+    for h in handles {
+        h.await.expect("worker");
+    }
+    let acked = *acked.borrow();
+    (tallies, acked, cpu)
+}
+
+async fn verify(server: &Server, sensors: &[String], acked: u64, preloaded: u64) -> String {
+    let mut client = Client::connect(server.addr).await.unwrap();
+    let mut counted = 0;
+    for s in sensors {
+        counted += client.count(s).await;
+    }
+    let want = acked + preloaded;
+    if counted == want {
+        format!("ok ({counted})")
+    } else {
+        format!("MISMATCH: counted {counted}, acked {want}")
+    }
+}
+
+fn bodies(n: usize, measurements: usize, sensors: usize) -> Rc<Vec<Bytes>> {
+    Rc::new(
+        (0..n)
+            .map(|seed| Bytes::from(workload::batch(measurements, sensors, seed as u64 + 1)))
+            .collect(),
+    )
+}
+
+fn ids(n: usize) -> Rc<Vec<String>> {
+    Rc::new((0..n).map(workload::sensor_id).collect())
+}
+
+async fn post_workload(
+    args: &Args,
+    name: &'static str,
+    per_body: usize,
+    sensors: usize,
+    connections: usize,
+) -> Row {
+    let server = Server::start(args).await;
+    let job = Job::Post {
+        bodies: bodies(16, per_body, sensors),
+        per_body: per_body as u64,
+    };
+    let (tallies, acked, cpu) = run_mix(args, &server, vec![(job, connections)]).await;
+    let t = tallies[0].borrow();
+    let secs = args.duration.as_secs_f64();
+    Row {
+        name,
+        connections: connections.to_string(),
+        requests_per_s: t.requests as f64 / secs,
+        measurements_per_s: t.measurements as f64 / secs,
+        p50_ms: t.percentile(0.5),
+        p99_ms: t.percentile(0.99),
+        extra: String::new(),
+        cpu_s: cpu,
+        peak_rss_mib: server.rss().1 as f64 / 1048576.0,
+        verified: verify(&server, &ids(sensors), acked, 0).await,
+    }
+}
+
+async fn w3(args: &Args) -> Row {
+    let server = Server::start(args).await;
+    let mut c = Client::connect(server.addr).await.unwrap();
+    assert_eq!(
+        c.post(Bytes::from(workload::batch(1000, 100, 1))).await,
+        StatusCode::NO_CONTENT
+    );
+    let job = Job::Get {
+        sensors: ids(100),
+        paced_by: None,
+    };
+    let (tallies, _, cpu) = run_mix(args, &server, vec![(job, 32)]).await;
+    let t = tallies[0].borrow();
+    let secs = args.duration.as_secs_f64();
+    Row {
+        name: "W3 GET /statistics, 100 sensors",
+        connections: "32".into(),
+        requests_per_s: t.requests as f64 / secs,
+        measurements_per_s: 0.0,
+        p50_ms: t.percentile(0.5),
+        p99_ms: t.percentile(0.99),
+        extra: String::new(),
+        cpu_s: cpu,
+        peak_rss_mib: server.rss().1 as f64 / 1048576.0,
+        verified: verify(&server, &ids(100), 0, 1000).await,
+    }
+}
+
+async fn w4(args: &Args) -> Row {
+    let server = Server::start(args).await;
+    let post = Job::Post {
+        bodies: bodies(16, 100, 10),
+        per_body: 100,
+    };
+    let get = Job::Get {
+        sensors: ids(10),
+        paced_by: Some((Rc::default(), 9)),
+    };
+    let (tallies, acked, cpu) = run_mix(args, &server, vec![(post, 16), (get, 4)]).await;
+    let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
+    let secs = args.duration.as_secs_f64();
+    Row {
+        name: "W4 mixed: 90% POST 100x10 hot, 10% GET",
+        connections: "16+4".into(),
+        requests_per_s: (p.requests + g.requests) as f64 / secs,
+        measurements_per_s: p.measurements as f64 / secs,
+        p50_ms: p.percentile(0.5),
+        p99_ms: p.percentile(0.99),
+        extra: format!(
+            "GET p50 {:.2} ms, p99 {:.2} ms; {:.1}% GET",
+            g.percentile(0.5),
+            g.percentile(0.99),
+            100.0 * g.requests as f64 / (p.requests + g.requests).max(1) as f64
+        ),
+        cpu_s: cpu,
+        peak_rss_mib: server.rss().1 as f64 / 1048576.0,
+        verified: verify(&server, &ids(10), acked, 0).await,
+    }
+}
+
+/// Posts 1M distinct 16-byte sensor ids; reports RSS growth per sensor.
+async fn memory(args: &Args) -> Row {
+    const SENSORS: usize = 1_000_000;
+    const PER_BATCH: usize = 10_000;
+    let server = Server::start(args).await;
+    let mut c = Client::connect(server.addr).await.unwrap();
+    // Warm the allocator and the connection with throw-away sensors, then delete them.
+    assert_eq!(
+        c.post(Bytes::from(workload::batch(1000, 1000, 9))).await,
+        StatusCode::NO_CONTENT
+    );
+    let (before, _) = server.rss();
+    let started = Instant::now();
+    for chunk in 0..SENSORS / PER_BATCH {
+        let mut body = String::with_capacity(PER_BATCH * 80);
+        body.push('[');
+        for i in 0..PER_BATCH {
+            if i > 0 {
+                body.push(',');
+            }
+            let id = workload::sensor_id(1_000_000 + chunk * PER_BATCH + i);
+            body.push_str(&format!(
+                r#"{{"sensor":"{id}","timestamp":"2021-11-08T21:38:09Z","value":1.5}}"#
+            ));
+        }
+        body.push(']');
+        assert_eq!(c.post(Bytes::from(body)).await, StatusCode::NO_CONTENT);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (after, peak) = server.rss();
+    let (_, metrics) = c.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics);
+    let tracked = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sensor_stats_sensors_tracked "))
+        .unwrap_or("?")
+        .to_owned();
+    Row {
+        name: "MEM 1M sensors, 16-byte ids",
+        connections: "1".into(),
+        requests_per_s: (SENSORS / PER_BATCH) as f64 / elapsed,
+        measurements_per_s: SENSORS as f64 / elapsed,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        extra: format!(
+            "RSS {:.0} -> {:.0} MiB: {:.0} bytes/sensor",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0,
+            (after - before) as f64 / SENSORS as f64
+        ),
+        cpu_s: 0.0,
+        peak_rss_mib: peak as f64 / 1048576.0,
+        verified: format!("sensors_tracked {tracked}"),
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let rows = local.block_on(&rt, async {
+        let mut rows = Vec::new();
+        for w in &args.workloads {
+            eprintln!("running {w} ...");
+            rows.push(match w.as_str() {
+                "w1" => post_workload(&args, "W1 POST 1000 x 100 sensors", 1000, 100, 4).await,
+                "w2" => post_workload(&args, "W2 POST 1 measurement", 1, 1, 32).await,
+                "w3" => w3(&args).await,
+                "w4" => w4(&args).await,
+                "mem" => memory(&args).await,
+                other => panic!("unknown workload {other}"),
+            });
+        }
+        rows
+    });
+    println!(
+        "\nserver: {} (cpu {}), {} measured after {} warm-up per workload\n",
+        args.server,
+        args.server_cpu.map_or("unpinned".into(), |c| c.to_string()),
+        humantime::format_duration(args.duration),
+        humantime::format_duration(args.warmup)
+    );
+    println!(
+        "| workload | conns | req/s | measurements/s | p50 ms | p99 ms | server CPU s | peak RSS MiB | GET check | notes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |",
+            r.name,
+            r.connections,
+            r.requests_per_s,
+            r.measurements_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_s,
+            r.peak_rss_mib,
+            r.verified,
+            r.extra
+        );
+    }
+}
