@@ -368,6 +368,7 @@ async fn post_workload(
         per_body: per_body as u64,
     };
     let (tallies, acked, cpu) = run_mix(args, &server, vec![(job, connections)]).await;
+    let verified = verify(&server, &ids(sensors), acked, 0).await;
     let t = tallies[0].borrow();
     let secs = args.duration.as_secs_f64();
     Row {
@@ -380,7 +381,7 @@ async fn post_workload(
         extra: String::new(),
         cpu_s: cpu,
         peak_rss_mib: server.rss().1 as f64 / 1048576.0,
-        verified: verify(&server, &ids(sensors), acked, 0).await,
+        verified,
     }
 }
 
@@ -396,6 +397,7 @@ async fn w3(args: &Args) -> Row {
         paced_by: None,
     };
     let (tallies, _, cpu) = run_mix(args, &server, vec![(job, 32)]).await;
+    let verified = verify(&server, &ids(100), 0, 1000).await;
     let t = tallies[0].borrow();
     let secs = args.duration.as_secs_f64();
     Row {
@@ -408,7 +410,7 @@ async fn w3(args: &Args) -> Row {
         extra: String::new(),
         cpu_s: cpu,
         peak_rss_mib: server.rss().1 as f64 / 1048576.0,
-        verified: verify(&server, &ids(100), 0, 1000).await,
+        verified,
     }
 }
 
@@ -423,6 +425,7 @@ async fn w4(args: &Args) -> Row {
         paced_by: Some((Rc::default(), 9)),
     };
     let (tallies, acked, cpu) = run_mix(args, &server, vec![(post, 16), (get, 4)]).await;
+    let verified = verify(&server, &ids(10), acked, 0).await;
     let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
     let secs = args.duration.as_secs_f64();
     Row {
@@ -440,7 +443,7 @@ async fn w4(args: &Args) -> Row {
         ),
         cpu_s: cpu,
         peak_rss_mib: server.rss().1 as f64 / 1048576.0,
-        verified: verify(&server, &ids(10), acked, 0).await,
+        verified,
     }
 }
 
