@@ -4,7 +4,7 @@
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public functions
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Router,
@@ -15,22 +15,16 @@ use axum::{
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sensor_stats::{
     http::{self, ingest::post_data, statistics::get_statistics},
-    metrics::Metrics,
-    state::{AppState, Lifecycle},
+    state::AppState,
     store::Store,
     workload,
 };
 use tower::ServiceExt as _;
 
 fn state() -> AppState {
-    let lifecycle = Arc::new(Lifecycle::default());
-    lifecycle.set_ready();
-    AppState {
-        store: Store::memory(),
-        metrics: Arc::new(Metrics::new()),
-        lifecycle,
-        body_limit: 16 << 20,
-    }
+    let state = AppState::new(Store::memory(), 16 << 20);
+    state.lifecycle.set_ready();
+    state
 }
 
 fn routers() -> [(&'static str, Router); 2] {

@@ -61,12 +61,7 @@ impl App {
     pub fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr().context("listener has no local address")?;
         let body_limit = usize::try_from(config.body_limit).context("body limit does not fit in memory")?;
-        let state = AppState {
-            store: Store::memory(),
-            metrics: Arc::new(Metrics::new()),
-            lifecycle: Arc::new(Lifecycle::default()),
-            body_limit,
-        };
+        let state = AppState::new(Store::memory(), body_limit);
         let router = http::router(state.clone(), config.request_timeout);
         Ok(Self {
             listener,

@@ -43,6 +43,20 @@ pub const LABEL_STATUS: &str = "status";
 /// Label key: bounded rejection reason.
 pub const LABEL_REASON: &str = "reason";
 
+/// Every rejection reason the HTTP layer can report.
+pub const REJECTION_REASONS: [&str; 10] = [
+    "malformed_json",
+    "invalid_measurement",
+    "invalid_sensor_id",
+    "unsupported_media_type",
+    "too_large",
+    "unreadable_body",
+    "not_found",
+    "method_not_allowed",
+    "timeout",
+    "other",
+];
+
 /// Latency buckets in seconds: 100 µs to 10 s.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -101,6 +115,13 @@ impl Metrics {
             &METADATA,
         );
         build_info.set(1.0);
+
+        // Series a dashboard divides by or rates over exist from the start at 0, so the
+        // first occurrence after start-up counts in rate() and "no data" means a problem.
+        for reason in REJECTION_REASONS {
+            let key = Key::from_parts(REJECTED, vec![Label::from_static_parts(LABEL_REASON, reason)]);
+            recorder.register_counter(&key, &METADATA).absolute(0);
+        }
 
         let plain = |name: &'static str| Key::from_static_name(name);
         Self {
@@ -211,7 +232,7 @@ fn describe(r: &PrometheusRecorder) {
         (
             BODY_BYTES,
             Unit::Bytes,
-            "Size of POST /data bodies after decompression.",
+            "Size of POST /data bodies after decompression, accepted or not.",
         ),
         (
             DELETES,

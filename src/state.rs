@@ -1,12 +1,15 @@
 //! `AppState`: the cheap-to-clone handles every handler may use, and the lifecycle flags
 //! that `app` flips at start-up and shutdown.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
-use crate::{metrics::Metrics, store::Store};
+use crate::{metrics::Metrics, store::Store, telemetry::LogSampler};
 
 /// Shared by all handlers; every field is a handle, cloning is a few reference counts.
 #[derive(Debug, Clone)]
@@ -19,6 +22,24 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Largest accepted body, in bytes.
     pub body_limit: usize,
+    /// Keeps rejected-request log lines to a trickle under a storm of bad requests.
+    pub rejection_log: Arc<LogSampler>,
+}
+
+/// At most one "request rejected" log line per this interval; the rest are counted.
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl AppState {
+    /// State over `store` with fresh metrics, not yet ready.
+    pub fn new(store: Store, body_limit: usize) -> Self {
+        Self {
+            store,
+            metrics: Arc::new(Metrics::new()),
+            lifecycle: Arc::new(Lifecycle::default()),
+            body_limit,
+            rejection_log: Arc::new(LogSampler::new(REJECTION_LOG_INTERVAL)),
+        }
+    }
 }
 
 /// Where the process is in its life: starting (not ready), serving (ready), draining.

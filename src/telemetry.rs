@@ -1,6 +1,14 @@
 //! Logging: builds the `tracing` subscriber (text or JSON, level from config, `RUST_LOG`
 //! wins) with an injectable writer so tests can silence it.
 
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
 use crate::config::LogFormat;
@@ -37,4 +45,54 @@ where
             .try_init(),
     }
     .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Lets one event through per interval and counts the ones it holds back, so a storm of
+/// identical events (bad requests) costs a log line a second, not one each.
+#[derive(Debug)]
+pub struct LogSampler {
+    interval: Duration,
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl LogSampler {
+    /// A sampler letting one event through per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this event should be logged, `n` being how many were held back
+    /// since the last one; `None` when it should be dropped (and is counted).
+    pub fn admit(&self) -> Option<u64> {
+        let now = Instant::now();
+        // try_lock: under contention another thread is deciding; count this one as held back.
+        if let Ok(mut last) = self.last.try_lock()
+            && last.is_none_or(|at| now.duration_since(at) >= self.interval)
+        {
+            *last = Some(now);
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_admits_one_event_per_interval_and_counts_the_rest() {
+        let sampler = LogSampler::new(Duration::from_millis(50));
+        assert_eq!(sampler.admit(), Some(0));
+        assert_eq!(sampler.admit(), None);
+        assert_eq!(sampler.admit(), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(sampler.admit(), Some(2));
+    }
 }

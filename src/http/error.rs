@@ -40,9 +40,15 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
-/// Marks a response as a rejection, with a bounded reason for the rejection counter.
-#[derive(Debug, Clone, Copy)]
-pub struct Rejection(pub &'static str);
+/// Marks a response as a rejection: a bounded reason for the rejection counter and the
+/// message sent to the client, for the (sampled) log line.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Bounded label value, e.g. `malformed_json`.
+    pub reason: &'static str,
+    /// What the client was told.
+    pub message: String,
+}
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -65,7 +71,10 @@ pub fn error_response(
         }),
     )
         .into_response();
-    response.extensions_mut().insert(Rejection(reason));
+    response.extensions_mut().insert(Rejection {
+        reason,
+        message: message.to_owned(),
+    });
     response
 }
 
@@ -89,9 +98,7 @@ impl IntoResponse for ApiError {
             Self::Decode(e) => e.index,
             _ => None,
         };
-        // Client errors are the client's business: logged at debug so a storm of bad
-        // requests cannot flood the log; the rejection counter shows them.
-        tracing::debug!(%status, reason, error = %self, "request rejected");
+        // Rejections are logged (sampled) by `http::metrics::track_http`, which also counts them.
         error_response(status, reason, &self.to_string(), index)
     }
 }
@@ -147,7 +154,7 @@ pub async fn json_errors(State(body_limit): State<usize>, request: Request, next
     .unwrap_or_default();
     let mut response = Response::from_parts(parts, Body::from(json));
     if status.is_client_error() {
-        response.extensions_mut().insert(Rejection(reason));
+        response.extensions_mut().insert(Rejection { reason, message });
     }
     response
 }

@@ -51,13 +51,27 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
         .extensions()
         .get::<RouteLabel>()
         .map_or("unmatched", |r| r.0);
+    let status = response.status();
+    let elapsed = start.elapsed();
     state
         .metrics
-        .http_request(route, method, response.status().as_u16(), start.elapsed());
-    if let Some(Rejection(reason)) = response.extensions().get::<Rejection>()
-        && response.status().is_client_error()
+        .http_request(route, method, status.as_u16(), elapsed);
+    let span = tracing::Span::current();
+    span.record("status", status.as_u16());
+    span.record("latency_us", elapsed.as_micros() as u64);
+    if let Some(rejection) = response.extensions().get::<Rejection>()
+        && status.is_client_error()
     {
-        state.metrics.rejected(reason);
+        state.metrics.rejected(rejection.reason);
+        if let Some(suppressed) = state.rejection_log.admit() {
+            tracing::info!(
+                status = status.as_u16(),
+                reason = rejection.reason,
+                error = %rejection.message,
+                suppressed_since_last = suppressed,
+                "request rejected"
+            );
+        }
     }
     response
 }

@@ -47,6 +47,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             "request",
             method = %request.method(),
             route = tracing::field::Empty,
+            status = tracing::field::Empty,
+            latency_us = tracing::field::Empty,
             request_id,
         )
     };
