@@ -27,5 +27,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== tests"
+echo "== tests (unit, property, integration over real sockets, real Prometheus)"
 cargo nextest run --locked --no-fail-fast
+echo "== benches compile"
+cargo bench --locked --no-run
