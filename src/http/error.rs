@@ -117,17 +117,12 @@ pub async fn json_errors(State(body_limit): State<usize>, request: Request, next
             "not_found",
             "no such route; see the README for the API".to_owned(),
         ),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = response
-                .headers()
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            (
-                "method_not_allowed",
-                format!("method not allowed on this route; allowed: {allow}"),
-            )
-        }
+        // axum adds the `Allow` header after this layer has run (the route future sets
+        // it), so the message points at the header rather than repeating it.
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "method not allowed on this route; the Allow header lists the allowed ones".to_owned(),
+        ),
         StatusCode::REQUEST_TIMEOUT => ("timeout", "request took too long and was cancelled".to_owned()),
         StatusCode::PAYLOAD_TOO_LARGE => (
             "too_large",
