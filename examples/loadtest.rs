@@ -12,6 +12,8 @@
 //! - W4: 90% POST of 100-measurement batches to 10 hot sensors, 10% GET of the same
 //!   sensors from other connections.
 //! - MEM: 1M sensors with 16-byte ids posted in batches of 10k; RSS growth per sensor.
+//! - SOAK: W2 for the whole `--duration` with nobody scraping /metrics; RSS sampled every
+//!   `--duration / 10` (histogram samples must not pile up). Not in the default set.
 
 #![allow(missing_docs, clippy::print_stdout)]
 
@@ -447,6 +449,47 @@ async fn w4(args: &Args) -> Row {
     }
 }
 
+/// W2 traffic for the whole duration, no scraper; RSS sampled ten times.
+async fn soak(args: &Args) -> Row {
+    let server = Rc::new(Server::start(args).await);
+    let sampler = {
+        let server = Rc::clone(&server);
+        let every = args.duration / 10;
+        let first = args.warmup;
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(first).await;
+            let mut samples = Vec::new();
+            for _ in 0..=10 {
+                samples.push(server.rss().0 as f64 / 1048576.0);
+                tokio::time::sleep(every).await;
+            }
+            samples
+        })
+    };
+    let job = Job::Post { bodies: bodies(16, 1, 1), per_body: 1 };
+    let (tallies, acked, cpu) = run_mix(args, &server, vec![(job, 32)]).await;
+    let verified = verify(&server, &ids(1), acked, 0).await;
+    let samples = sampler.await.expect("sampler");
+    let t = tallies[0].borrow();
+    let secs = args.duration.as_secs_f64();
+    Row {
+        name: "SOAK W2, no scraper",
+        connections: "32".into(),
+        requests_per_s: t.requests as f64 / secs,
+        measurements_per_s: t.measurements as f64 / secs,
+        p50_ms: t.percentile(0.5),
+        p99_ms: t.percentile(0.99),
+        extra: format!(
+            "RSS MiB every {}: {}",
+            humantime::format_duration(args.duration / 10),
+            samples.iter().map(|m| format!("{m:.1}")).collect::<Vec<_>>().join(" ")
+        ),
+        cpu_s: cpu,
+        peak_rss_mib: server.rss().1 as f64 / 1048576.0,
+        verified,
+    }
+}
+
 /// Posts 1M distinct 16-byte sensor ids; reports RSS growth per sensor.
 async fn memory(args: &Args) -> Row {
     const SENSORS: usize = 1_000_000;
@@ -520,6 +563,7 @@ fn main() {
                 "w3" => w3(&args).await,
                 "w4" => w4(&args).await,
                 "mem" => memory(&args).await,
+                "soak" => soak(&args).await,
                 other => panic!("unknown workload {other}"),
             });
         }
