@@ -1,6 +1,7 @@
 //! Whole requests through the router without a socket: `POST /data` (W1 body) and
 //! `GET /statistics/{sensor}`, with the production middleware stack and with the bare
-//! handlers, so the cost of metrics, tracing, request ids and error mapping shows.
+//! handlers, so the cost of metrics, tracing, request ids and error mapping shows. The
+//! tracing subscriber is installed as in production (level info, output discarded).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public functions
 
@@ -15,7 +16,9 @@ use axum::{
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sensor_stats::{
     http::{self, ingest::post_data, statistics::get_statistics},
+    config::LogFormat,
     state::AppState,
+    telemetry,
     store::Store,
     workload,
 };
@@ -45,6 +48,9 @@ async fn call(router: &Router, request: Request<Body>, want: StatusCode) {
 }
 
 fn bench_router(c: &mut Criterion) {
+    // Production's subscriber at its default level, writing nowhere: spans cost what they
+    // cost in the server.
+    telemetry::init_with_writer("info", LogFormat::Text, std::io::sink).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
