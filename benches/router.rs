@@ -15,12 +15,11 @@ use axum::{
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sensor_stats::{
-    http::{self, ingest::post_data, statistics::get_statistics},
     config::LogFormat,
+    http::{self, ingest::post_data, statistics::get_statistics},
     state::AppState,
-    telemetry,
     store::Store,
-    workload,
+    telemetry, workload,
 };
 use tower::ServiceExt as _;
 

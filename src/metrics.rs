@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use dashmap::DashMap;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder as _, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -69,9 +70,16 @@ pub const BODY_BUCKETS: &[f64] = &[
 /// How often histogram samples are folded into buckets when nobody scrapes.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The metric handles of one kind of HTTP request.
+struct HttpHandles {
+    requests: Counter,
+    duration: Histogram,
+}
+
 /// The metrics of one app: its recorder and the handles the hot path uses.
 pub struct Metrics {
     recorder: PrometheusRecorder,
+    http: DashMap<(&'static str, &'static str, u16), HttpHandles, foldhash::fast::RandomState>,
     handle: PrometheusHandle,
     process: metrics_process::Collector,
     in_flight: Gauge,
@@ -131,6 +139,7 @@ impl Metrics {
             body_bytes: recorder.register_histogram(&plain(BODY_BYTES), &METADATA),
             deletes: recorder.register_counter(&plain(DELETES), &METADATA),
             sensors: recorder.register_gauge(&plain(SENSORS), &METADATA),
+            http: DashMap::default(),
             recorder,
             handle,
             process,
@@ -138,29 +147,36 @@ impl Metrics {
     }
 
     /// Records one finished HTTP request.
+    ///
+    /// The handles for each (route, method, status) are registered once and cached, so a
+    /// request costs one small-map lookup instead of building two label sets and looking
+    /// both up in the registry.
     pub fn http_request(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(handles) = self.http.get(&(route, method, status)) {
+            handles.requests.increment(1);
+            handles.duration.record(secs);
+            return;
+        }
+        let handles = self.register_http(route, method, status);
+        handles.requests.increment(1);
+        handles.duration.record(secs);
+        self.http.insert((route, method, status), handles);
+    }
+
+    fn register_http(&self, route: &'static str, method: &'static str, status: u16) -> HttpHandles {
         let status = SharedString::from(itoa::Buffer::new().format(status).to_owned());
-        let counter_key = Key::from_parts(
+        let route = Label::from_static_parts(LABEL_ROUTE, route);
+        let method = Label::from_static_parts(LABEL_METHOD, method);
+        let requests = Key::from_parts(
             HTTP_REQUESTS,
-            vec![
-                Label::from_static_parts(LABEL_ROUTE, route),
-                Label::from_static_parts(LABEL_METHOD, method),
-                Label::new(LABEL_STATUS, status),
-            ],
+            vec![route.clone(), method.clone(), Label::new(LABEL_STATUS, status)],
         );
-        self.recorder
-            .register_counter(&counter_key, &METADATA)
-            .increment(1);
-        let duration_key = Key::from_parts(
-            HTTP_DURATION,
-            vec![
-                Label::from_static_parts(LABEL_ROUTE, route),
-                Label::from_static_parts(LABEL_METHOD, method),
-            ],
-        );
-        self.recorder
-            .register_histogram(&duration_key, &METADATA)
-            .record(elapsed.as_secs_f64());
+        let duration = Key::from_parts(HTTP_DURATION, vec![route, method]);
+        HttpHandles {
+            requests: self.recorder.register_counter(&requests, &METADATA),
+            duration: self.recorder.register_histogram(&duration, &METADATA),
+        }
     }
 
     /// A request started (`+1`) or finished (`-1`).

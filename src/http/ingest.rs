@@ -4,10 +4,12 @@
 use std::error::Error as StdError;
 
 use axum::{
-    body::{Body, to_bytes},
+    body::{Body, HttpBody as _},
     extract::State,
     http::{HeaderMap, StatusCode, header},
 };
+
+use http_body_util::{BodyExt as _, Limited};
 
 use crate::{http::error::ApiError, ingest, state::AppState};
 
@@ -44,19 +46,27 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Collects the body into one owned, mutable buffer (simd-json parses in place).
+/// Collects the body into one owned, mutable buffer (simd-json parses in place), with
+/// room for the parser's padding so decoding does not copy it again.
 async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    match to_bytes(body, limit).await {
-        Ok(bytes) => Ok(Vec::from(bytes)),
-        Err(e) => {
-            let inner = e.into_inner();
-            if is_length_limit(inner.as_ref()) {
-                Err(ApiError::TooLarge(limit))
+    let mut body = Limited::new(body, limit);
+    let hint = usize::try_from(body.size_hint().lower())
+        .unwrap_or(limit)
+        .min(limit);
+    let mut buf = Vec::with_capacity(hint + ingest::PADDING);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if is_length_limit(e.as_ref()) {
+                ApiError::TooLarge(limit)
             } else {
-                Err(ApiError::Body(inner.to_string()))
+                ApiError::Body(e.to_string())
             }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
         }
     }
+    Ok(buf)
 }
 
 /// Whether a body error, however wrapped (decompression wraps in `io::Error`), is a

@@ -4,14 +4,34 @@
 //! escaped ones are unescaped in place, so no measurement allocates a string. The tape is
 //! walked once: every item is validated and folded into the batch, and the first invalid
 //! item fails the whole request with its index.
+//!
+//! The body buffer carries simd-json's padding itself ([`decode`] adds it), so the parser
+//! does not copy the input, and each thread keeps its parser buffers and tape between
+//! requests (up to [`SCRATCH_KEEP_LIMIT`] bytes of body), so a batch costs a handful of
+//! allocations whatever its size.
 
-use simd_json::{Node, StaticNode};
+use std::cell::RefCell;
+
+use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, StaticNode, Tape};
 
 use crate::domain::{Batch, SensorId, SensorIdError, Timestamp, TimestampError};
 
 /// How deeply a body may nest: the array (1), a measurement object (2), and containers
-/// inside unknown fields below that. Deeper bodies are rejected before any item is read.
+/// inside unknown fields below that. simd-json stops at the first container deeper than
+/// this, so a nesting bomb costs one scan of the input.
 pub const MAX_DEPTH: usize = 8;
+
+/// Bodies up to this size leave their parser buffers to the thread for the next request;
+/// larger ones free them, so one huge batch does not pin memory on every worker.
+pub const SCRATCH_KEEP_LIMIT: usize = 1 << 20;
+
+/// Extra capacity a caller may reserve after the body so [`decode`] adds its padding
+/// without reallocating.
+pub const PADDING: usize = INPUT_PADDING;
+
+thread_local! {
+    static SCRATCH: RefCell<Option<(Buffers, Tape<'static>)>> = const { RefCell::new(None) };
+}
 
 /// Why a body was rejected, and at which measurement.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -86,21 +106,38 @@ impl DecodeError {
     }
 }
 
-/// Decodes and validates a whole batch; `body` is modified in place by the parser.
+/// Decodes and validates a whole batch. `body` gets [`PADDING`] bytes appended (reserve
+/// them to avoid a reallocation) and is modified in place by the parser.
 ///
 /// # Errors
 /// [`DecodeError`] for the first problem found; no partial batch is returned.
-pub fn decode(body: &mut [u8]) -> Result<Batch<'_>, DecodeError> {
-    let tape =
-        simd_json::to_tape(body).map_err(|e| DecodeError::body(DecodeErrorKind::Syntax(e.to_string())))?;
-    let nodes = tape.0.as_slice();
+pub fn decode(body: &mut Vec<u8>) -> Result<Batch<'_>, DecodeError> {
+    let len = body.len();
+    body.resize(len + PADDING, 0);
+    let (mut buffers, tape) = SCRATCH
+        .with(|s| s.borrow_mut().take())
+        .unwrap_or_else(|| (Buffers::with_max_depth(len, MAX_DEPTH), Tape::null()));
+    let mut tape = tape.reset();
+    let result = simd_json::fill_tape_padded(body, len, &mut buffers, &mut tape)
+        .map_err(|e| match e.error() {
+            ErrorType::DepthLimitExceeded => DecodeError::body(DecodeErrorKind::TooDeep),
+            _ => DecodeError::body(DecodeErrorKind::Syntax(e.to_string())),
+        })
+        .and_then(|()| walk(&tape.0));
+    if len <= SCRATCH_KEEP_LIMIT {
+        SCRATCH.with(|s| *s.borrow_mut() = Some((buffers, tape.reset())));
+    }
+    result
+}
+
+/// Validates and folds the measurements of a parsed body.
+fn walk<'a>(nodes: &[Node<'a>]) -> Result<Batch<'a>, DecodeError> {
     let Some(root) = nodes.first() else {
         return Err(DecodeError::body(DecodeErrorKind::Syntax("empty body".into())));
     };
-    let Node::Array { len, count } = *root else {
+    let Node::Array { len, .. } = *root else {
         return Err(DecodeError::body(DecodeErrorKind::NotAnArray(type_name(root))));
     };
-    check_depth(nodes, 0, count)?;
 
     // Most batches repeat sensors; a small table that grows on demand beats sizing by items.
     let mut batch = Batch::with_capacity(len.min(64));
@@ -200,26 +237,6 @@ fn nested_count(node: &Node<'_>) -> usize {
         Node::Array { count, .. } | Node::Object { count, .. } => count,
         _ => 0,
     }
-}
-
-/// Fails when the container at `start` (with `count` nested nodes) nests deeper than
-/// [`MAX_DEPTH`]. One pass with a stack of open containers' end positions.
-fn check_depth(nodes: &[Node<'_>], start: usize, count: usize) -> Result<(), DecodeError> {
-    let mut open_until = [0usize; MAX_DEPTH];
-    let mut depth = 0;
-    for (pos, node) in nodes.iter().enumerate().skip(start).take(count + 1) {
-        while depth > 0 && open_until[depth - 1] <= pos {
-            depth -= 1;
-        }
-        if let Node::Array { count, .. } | Node::Object { count, .. } = *node {
-            if depth == MAX_DEPTH {
-                return Err(DecodeError::body(DecodeErrorKind::TooDeep));
-            }
-            open_until[depth] = pos + 1 + count;
-            depth += 1;
-        }
-    }
-    Ok(())
 }
 
 fn type_name(node: &Node<'_>) -> &'static str {

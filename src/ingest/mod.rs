@@ -3,4 +3,4 @@
 
 mod decode;
 
-pub use decode::{DecodeError, DecodeErrorKind, MAX_DEPTH, decode};
+pub use decode::{DecodeError, DecodeErrorKind, MAX_DEPTH, PADDING, SCRATCH_KEEP_LIMIT, decode};
