@@ -466,7 +466,10 @@ async fn soak(args: &Args) -> Row {
             samples
         })
     };
-    let job = Job::Post { bodies: bodies(16, 1, 1), per_body: 1 };
+    let job = Job::Post {
+        bodies: bodies(16, 1, 1),
+        per_body: 1,
+    };
     let (tallies, acked, cpu) = run_mix(args, &server, vec![(job, 32)]).await;
     let verified = verify(&server, &ids(1), acked, 0).await;
     let samples = sampler.await.expect("sampler");
@@ -482,7 +485,11 @@ async fn soak(args: &Args) -> Row {
         extra: format!(
             "RSS MiB every {}: {}",
             humantime::format_duration(args.duration / 10),
-            samples.iter().map(|m| format!("{m:.1}")).collect::<Vec<_>>().join(" ")
+            samples
+                .iter()
+                .map(|m| format!("{m:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
         cpu_s: cpu,
         peak_rss_mib: server.rss().1 as f64 / 1048576.0,
