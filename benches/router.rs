@@ -11,6 +11,7 @@ use axum::{
     Router,
     body::Body,
     http::{Request, StatusCode},
+    middleware,
     routing::{get, post},
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -21,7 +22,11 @@ use sensor_stats::{
     store::Store,
     telemetry, workload,
 };
-use tower::ServiceExt as _;
+use tower::{ServiceBuilder, ServiceExt as _};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
 
 fn state() -> AppState {
     let state = AppState::new(Store::memory(), 16 << 20);
@@ -29,13 +34,51 @@ fn state() -> AppState {
     state
 }
 
-fn routers() -> [(&'static str, Router); 2] {
-    let full = http::router(state(), Duration::from_secs(30));
-    let bare = Router::new()
+fn bare() -> Router<AppState> {
+    Router::new()
         .route("/data", post(post_data))
         .route("/statistics/{sensor}", get(get_statistics))
-        .with_state(state());
-    [("with_middleware", full), ("bare_handlers", bare)]
+}
+
+/// The production router, the bare handlers, and the bare handlers with one of
+/// production's layers each (the per-layer cost is its time minus `bare_handlers`).
+fn routers() -> Vec<(&'static str, Router)> {
+    let span = |request: &Request<Body>| {
+        tracing::info_span!(
+            "request",
+            method = %request.method(),
+            route = tracing::field::Empty,
+            status = tracing::field::Empty,
+            latency_us = tracing::field::Empty,
+            request_id = "00000000-0000-0000-0000-000000000000",
+        )
+    };
+    vec![
+        ("with_middleware", http::router(state(), Duration::from_secs(30))),
+        ("bare_handlers", bare().with_state(state())),
+        (
+            "only_trace_span",
+            bare()
+                .layer(TraceLayer::new_for_http().make_span_with(span).on_failure(()))
+                .with_state(state()),
+        ),
+        (
+            "only_request_id",
+            bare()
+                .layer(
+                    ServiceBuilder::new()
+                        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                        .layer(PropagateRequestIdLayer::x_request_id()),
+                )
+                .with_state(state()),
+        ),
+        ("only_edge_metrics_errors", {
+            let s = state();
+            bare()
+                .layer(middleware::from_fn_with_state(s.clone(), http::edge))
+                .with_state(s)
+        }),
+    ]
 }
 
 async fn call(router: &Router, request: Request<Body>, want: StatusCode) {

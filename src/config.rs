@@ -37,7 +37,7 @@ pub struct Config {
     #[arg(long, env = "SENSOR_STATS_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Longest time one request may take; answered with 408 after that.
+    /// Longest time a `POST /data` may take, body upload included; answered with 408.
     #[arg(long, env = "SENSOR_STATS_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 

@@ -2,6 +2,7 @@
 //! wins) with an injectable writer so tests can silence it.
 
 use std::{
+    io::IsTerminal as _,
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -33,9 +34,13 @@ where
         Ok(env) if !env.is_empty() => EnvFilter::try_new(env)?,
         _ => EnvFilter::try_new(level)?,
     };
+    // Colours only on a terminal: escape codes in files and container logs are noise, and
+    // formatting them costs time on every request span.
+    let ansi = std::io::stdout().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder

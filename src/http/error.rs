@@ -5,9 +5,7 @@
 use axum::{
     Json,
     body::Body,
-    extract::{Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -103,11 +101,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Gives the plain error responses of axum and tower-http (405, 408, 413, 415, ...) our
-/// JSON shape, keeping their status and headers (e.g. `Allow`). Responses that are already
-/// JSON pass untouched.
-pub async fn json_errors(State(body_limit): State<usize>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// Gives the plain error responses of axum and tower-http (404, 405, 408, 413, 415, ...)
+/// our JSON shape, keeping their status and headers. Responses that are already JSON, and
+/// successes, pass untouched.
+pub fn jsonify(response: Response, body_limit: usize) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
         return response;

@@ -1,13 +1,11 @@
-//! `GET /metrics` and the middleware that measures every request (count, latency,
-//! in-flight, rejections) with bounded labels: the matched route template or
-//! `unmatched`, never the raw path.
+//! `GET /metrics`, and the recording of every request (count, latency, rejections) with
+//! bounded labels: the matched route template or `unmatched`, never the raw path.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::{
-    extract::{MatchedPath, Request, State},
+    extract::{MatchedPath, State},
     http::{Method, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 
@@ -23,36 +21,16 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The route template a request matched, as a `'static` label value.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
-
-/// Runs inside routing (as a `route_layer`): copies the matched route onto the response
-/// for [`track_http`], and into the request's span.
-pub async fn tag_route(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| route_label(p.as_str()));
-    tracing::Span::current().record("route", route);
-    let mut response = next.run(request).await;
-    response.extensions_mut().insert(RouteLabel(route));
-    response
-}
-
-/// Outermost measuring layer: counts and times every request, routed or not.
-pub async fn track_http(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = method_label(request.method());
-    state.metrics.in_flight(1.0);
-    let response = next.run(request).await;
-    state.metrics.in_flight(-1.0);
-    let route = response
-        .extensions()
-        .get::<RouteLabel>()
-        .map_or("unmatched", |r| r.0);
+/// Records one finished request: count, latency, the span's status and latency fields,
+/// and for a rejection its counter and a sampled log line.
+pub fn record(
+    state: &AppState,
+    route: &'static str,
+    method: &'static str,
+    elapsed: Duration,
+    response: &Response,
+) {
     let status = response.status();
-    let elapsed = start.elapsed();
     state
         .metrics
         .http_request(route, method, status.as_u16(), elapsed);
@@ -73,20 +51,22 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
             );
         }
     }
-    response
 }
 
-fn route_label(matched: &str) -> &'static str {
-    match matched {
-        "/data" => "/data",
-        "/statistics/{sensor}" => "/statistics/{sensor}",
-        "/healthz" => "/healthz",
-        "/metrics" => "/metrics",
-        _ => "other",
+/// The matched route template as a `'static` label value; `unmatched` without a match.
+pub fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    match matched.map(MatchedPath::as_str) {
+        None => "unmatched",
+        Some("/data") => "/data",
+        Some("/statistics/{sensor}") => "/statistics/{sensor}",
+        Some("/healthz") => "/healthz",
+        Some("/metrics") => "/metrics",
+        Some(_) => "other",
     }
 }
 
-fn method_label(method: &Method) -> &'static str {
+/// The method as a `'static` label value; `other` for methods we do not serve.
+pub fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::POST => "POST",

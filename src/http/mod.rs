@@ -7,7 +7,10 @@ pub mod ingest;
 pub mod metrics;
 pub mod statistics;
 
-use std::{convert::Infallible, time::Duration};
+use std::{
+    convert::Infallible,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -33,9 +36,16 @@ use crate::state::AppState;
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     // The wire limit sits outside decompression and `post_data` applies the same limit
     // to the decoded bytes, so neither a large upload nor a zstd/gzip bomb gets through.
+    // The timeout is here, not around every route: a body upload is what a slow client can
+    // stretch, while the other routes answer from memory at once (and a networked store
+    // bounds its own calls). A timer per request is not free on the hot GET path.
     let ingest = post(ingest::post_data)
         .layer::<_, Infallible>(RequestDecompressionLayer::new().no_deflate().no_br())
-        .layer(RequestBodyLimitLayer::new(state.body_limit));
+        .layer::<_, Infallible>(RequestBodyLimitLayer::new(state.body_limit))
+        .layer::<_, Infallible>(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ));
 
     let request_span = |request: &Request| {
         let request_id = request
@@ -45,8 +55,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             .unwrap_or("");
         tracing::info_span!(
             "request",
-            method = %request.method(),
-            route = tracing::field::Empty,
+            method = metrics::method_label(request.method()),
+            route = metrics::route_label(request.extensions().get()),
             status = tracing::field::Empty,
             latency_us = tracing::field::Empty,
             request_id,
@@ -61,9 +71,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::render_metrics))
-        .route_layer(middleware::from_fn(metrics::tag_route))
-        // Outermost first. Request ids are set before the span is made so the span has one;
-        // `json_errors` sits inside the metrics layer so rejections it marks are counted.
+        // `Router::layer` wraps each route (and the fallback) after routing, so these
+        // layers see the `MatchedPath`. Outermost first: the request id is set before the
+        // span is made so the span has it.
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -79,28 +89,28 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                         .on_failure(()),
                 )
                 .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(middleware::from_fn_with_state(state.clone(), metrics::track_http))
-                .layer(middleware::from_fn_with_state(state.clone(), close_when_draining))
-                .layer(middleware::from_fn_with_state(
-                    state.body_limit,
-                    error::json_errors,
-                ))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    request_timeout,
-                )),
+                .layer(middleware::from_fn_with_state(state.clone(), edge)),
         )
         .with_state(state)
 }
 
-/// While draining, asks clients to close the connection after this response, so
-/// keep-alive clients reconnect to another replica.
-async fn close_when_draining(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+/// The one middleware of ours around every route: counts and times the request, gives
+/// framework errors our JSON shape, and while draining asks clients to close the
+/// connection after this response (so keep-alive clients reconnect to another replica).
+/// One layer rather than three: each `from_fn` layer costs a boxed future per request.
+pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = metrics::route_label(request.extensions().get());
+    let method = metrics::method_label(request.method());
+    state.metrics.in_flight(1.0);
+    let response = next.run(request).await;
+    state.metrics.in_flight(-1.0);
+    let mut response = error::jsonify(response, state.body_limit);
     if state.lifecycle.is_draining() {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    metrics::record(&state, route, method, start.elapsed(), &response);
     response
 }

@@ -385,3 +385,23 @@ async fn concurrent_writers_and_a_reader_never_see_a_torn_average() {
     }
     assert_eq!(app.statistics("torn").await["count"], 4000);
 }
+
+#[tokio::test]
+async fn post_data_answers_408_when_the_body_takes_longer_than_the_request_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let app = spawn_app_with(|c| c.request_timeout = std::time::Duration::from_millis(200)).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /data HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[")
+        .await
+        .unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut response))
+        .await
+        .expect("answered before the test's own deadline")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""error":"request took too long"#), "{text}");
+}
