@@ -59,6 +59,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             route = metrics::route_label(request.extensions().get()),
             status = tracing::field::Empty,
             latency_us = tracing::field::Empty,
+            measurements = tracing::field::Empty,
+            sensors = tracing::field::Empty,
             request_id,
         )
     };

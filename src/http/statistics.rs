@@ -39,7 +39,6 @@ pub struct StatisticsBody {
 }
 
 /// Answers the sensor's statistics, or the empty form for an unknown sensor.
-#[tracing::instrument(name = "get_statistics", skip_all)]
 pub async fn get_statistics(
     State(state): State<AppState>,
     SensorPath(sensor): SensorPath,
@@ -53,7 +52,6 @@ pub async fn get_statistics(
 }
 
 /// Forgets the sensor; 204 whether or not it was known.
-#[tracing::instrument(name = "delete_statistics", skip_all)]
 pub async fn delete_statistics(
     State(state): State<AppState>,
     SensorPath(sensor): SensorPath,
