@@ -285,6 +285,33 @@ struct Row {
     verified: String,
 }
 
+impl Row {
+    /// A row from the tally of the workload's main kind of request.
+    fn from_tally(
+        name: &'static str,
+        connections: &str,
+        t: &Tally,
+        args: &Args,
+        cpu_s: f64,
+        server: &Server,
+        verified: String,
+    ) -> Self {
+        let secs = args.duration.as_secs_f64();
+        Self {
+            name,
+            connections: connections.to_owned(),
+            requests_per_s: t.requests as f64 / secs,
+            measurements_per_s: t.measurements as f64 / secs,
+            p50_ms: t.percentile(0.5),
+            p99_ms: t.percentile(0.99),
+            extra: String::new(),
+            cpu_s,
+            peak_rss_mib: server.rss().1 as f64 / 1048576.0,
+            verified,
+        }
+    }
+}
+
 async fn run_mix(
     args: &Args,
     server: &Server,
@@ -372,19 +399,7 @@ async fn post_workload(
     let (tallies, acked, cpu) = run_mix(args, &server, vec![(job, connections)]).await;
     let verified = verify(&server, &ids(sensors), acked, 0).await;
     let t = tallies[0].borrow();
-    let secs = args.duration.as_secs_f64();
-    Row {
-        name,
-        connections: connections.to_string(),
-        requests_per_s: t.requests as f64 / secs,
-        measurements_per_s: t.measurements as f64 / secs,
-        p50_ms: t.percentile(0.5),
-        p99_ms: t.percentile(0.99),
-        extra: String::new(),
-        cpu_s: cpu,
-        peak_rss_mib: server.rss().1 as f64 / 1048576.0,
-        verified,
-    }
+    Row::from_tally(name, &connections.to_string(), &t, args, cpu, &server, verified)
 }
 
 async fn w3(args: &Args) -> Row {
@@ -401,19 +416,15 @@ async fn w3(args: &Args) -> Row {
     let (tallies, _, cpu) = run_mix(args, &server, vec![(job, 32)]).await;
     let verified = verify(&server, &ids(100), 0, 1000).await;
     let t = tallies[0].borrow();
-    let secs = args.duration.as_secs_f64();
-    Row {
-        name: "W3 GET /statistics, 100 sensors",
-        connections: "32".into(),
-        requests_per_s: t.requests as f64 / secs,
-        measurements_per_s: 0.0,
-        p50_ms: t.percentile(0.5),
-        p99_ms: t.percentile(0.99),
-        extra: String::new(),
-        cpu_s: cpu,
-        peak_rss_mib: server.rss().1 as f64 / 1048576.0,
+    Row::from_tally(
+        "W3 GET /statistics, 100 sensors",
+        "32",
+        &t,
+        args,
+        cpu,
+        &server,
         verified,
-    }
+    )
 }
 
 async fn w4(args: &Args) -> Row {
@@ -431,21 +442,22 @@ async fn w4(args: &Args) -> Row {
     let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
     let secs = args.duration.as_secs_f64();
     Row {
-        name: "W4 mixed: 90% POST 100x10 hot, 10% GET",
-        connections: "16+4".into(),
         requests_per_s: (p.requests + g.requests) as f64 / secs,
-        measurements_per_s: p.measurements as f64 / secs,
-        p50_ms: p.percentile(0.5),
-        p99_ms: p.percentile(0.99),
         extra: format!(
             "GET p50 {:.2} ms, p99 {:.2} ms; {:.1}% GET",
             g.percentile(0.5),
             g.percentile(0.99),
             100.0 * g.requests as f64 / (p.requests + g.requests).max(1) as f64
         ),
-        cpu_s: cpu,
-        peak_rss_mib: server.rss().1 as f64 / 1048576.0,
-        verified,
+        ..Row::from_tally(
+            "W4 mixed: 90% POST 100x10 hot, 10% GET",
+            "16+4",
+            &p,
+            args,
+            cpu,
+            &server,
+            verified,
+        )
     }
 }
 
@@ -474,14 +486,7 @@ async fn soak(args: &Args) -> Row {
     let verified = verify(&server, &ids(1), acked, 0).await;
     let samples = sampler.await.expect("sampler");
     let t = tallies[0].borrow();
-    let secs = args.duration.as_secs_f64();
     Row {
-        name: "SOAK W2, no scraper",
-        connections: "32".into(),
-        requests_per_s: t.requests as f64 / secs,
-        measurements_per_s: t.measurements as f64 / secs,
-        p50_ms: t.percentile(0.5),
-        p99_ms: t.percentile(0.99),
         extra: format!(
             "RSS MiB every {}: {}",
             humantime::format_duration(args.duration / 10),
@@ -491,9 +496,7 @@ async fn soak(args: &Args) -> Row {
                 .collect::<Vec<_>>()
                 .join(" ")
         ),
-        cpu_s: cpu,
-        peak_rss_mib: server.rss().1 as f64 / 1048576.0,
-        verified,
+        ..Row::from_tally("SOAK W2, no scraper", "32", &t, args, cpu, &server, verified)
     }
 }
 
