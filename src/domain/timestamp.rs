@@ -1,13 +1,21 @@
 //! `Timestamp`: an instant in UTC at nanosecond precision, parsed from the RFC 3339 /
 //! ISO 8601 forms the contract accepts and printed in the one form it answers with.
+//!
+//! Parsing is on the ingest hot path (one per measurement), so it is done by hand: fixed
+//! positions, the calendar checked directly, and the instant computed with the
+//! days-from-civil algorithm, without building chrono values. chrono prints the answer.
 
 use std::fmt::{self, Write as _};
 
-use chrono::{DateTime, Datelike as _, NaiveDate, NaiveTime, TimeDelta, Timelike as _, Utc};
+use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 
-/// An instant, always held in UTC.
+/// An instant, always held in UTC: seconds since the Unix epoch and nanoseconds within
+/// the second. Field order makes the derived ordering the order of instants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(DateTime<Utc>);
+pub struct Timestamp {
+    secs: i64,
+    nanos: u32,
+}
 
 /// Why a string is not an accepted timestamp. The message names the rule that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -80,35 +88,41 @@ impl Timestamp {
         }
         let offset = parse_offset(&b[pos..])?;
 
-        let date =
-            NaiveDate::from_ymd_opt(year as i32, month, day).ok_or(TimestampError::Date(year, month, day))?;
-        // `from_hms_nano_opt` would read nanos >= 1e9 as a leap second; ours are < 1e9,
-        // so second 60 is rejected here too.
-        let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)
-            .ok_or(TimestampError::Time(hour, minute, second))?;
-        // Years 0000..=9999 shifted by less than a day always fit chrono's range.
-        let utc = date
-            .and_time(time)
-            .checked_sub_signed(TimeDelta::seconds(i64::from(offset)))
-            .ok_or(TimestampError::Offset)?;
-        Ok(Self(utc.and_utc()))
+        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+            return Err(TimestampError::Date(year, month, day));
+        }
+        // No leap seconds: second 60 has no instant of its own in Unix time.
+        if hour > 23 || minute > 59 || second > 59 {
+            return Err(TimestampError::Time(hour, minute, second));
+        }
+        let days = days_from_civil(i64::from(year), month, day);
+        let local = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+        Ok(Self {
+            secs: local - i64::from(offset),
+            nanos,
+        })
     }
 
     /// Wraps an instant.
     pub fn from_datetime(at: DateTime<Utc>) -> Self {
-        Self(at)
+        Self {
+            secs: at.timestamp(),
+            nanos: at.timestamp_subsec_nanos(),
+        }
     }
 
     /// The instant as a chrono value.
     pub fn as_datetime(&self) -> DateTime<Utc> {
-        self.0
+        // Parsed years 0000..=9999 (± a day of offset) and chrono-made instants are all
+        // within chrono's range.
+        DateTime::from_timestamp(self.secs, self.nanos).expect("a Timestamp is always in chrono's range")
     }
 
     /// An order-preserving 128-bit encoding (never 0), so a store can keep the latest
     /// instant in one atomic and update it with `fetch_max`.
     pub fn to_key(self) -> u128 {
-        let secs = (i128::from(self.0.timestamp()) - i128::from(i64::MIN)) as u128;
-        (secs << 32) | u128::from(self.0.timestamp_subsec_nanos())
+        let secs = (i128::from(self.secs) - i128::from(i64::MIN)) as u128;
+        (secs << 32) | u128::from(self.nanos)
     }
 
     /// The inverse of [`Timestamp::to_key`]; `None` for 0 or a key no timestamp has.
@@ -118,7 +132,7 @@ impl Timestamp {
         }
         let secs = ((key >> 32) as i128 + i128::from(i64::MIN)) as i64;
         let nanos = (key & u128::from(u32::MAX)) as u32;
-        DateTime::from_timestamp(secs, nanos).map(Self)
+        DateTime::from_timestamp(secs, nanos).map(Self::from_datetime)
     }
 }
 
@@ -126,7 +140,7 @@ impl fmt::Display for Timestamp {
     /// `YYYY-MM-DDTHH:MM:SS[.ffffff|.fffffffff]+00:00`: no fraction when it is zero, six
     /// digits for whole microseconds, nine otherwise.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.0;
+        let t = self.as_datetime();
         if (0..=9999).contains(&t.year()) {
             write!(
                 f,
@@ -180,6 +194,27 @@ fn digits(b: &[u8], at: usize, len: usize) -> Result<u32, TimestampError> {
         n = n * 10 + u32::from(c - b'0');
     }
     Ok(n)
+}
+
+/// Days in `month` of `year` in the proleptic Gregorian calendar (year 0 is a leap year).
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to `year-month-day` (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let month = i64::from(month);
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 fn parse_offset(b: &[u8]) -> Result<OffsetSeconds, TimestampError> {
@@ -307,6 +342,35 @@ mod tests {
             assert_eq!(Timestamp::from_key(t.to_key()), Some(t));
         }
         assert_eq!(Timestamp::from_key(0), None);
+    }
+
+    /// A whole 400-year Gregorian cycle (every leap rule), today's dates, and the last year.
+    #[test]
+    fn the_calendar_matches_chrono_day_by_day() {
+        for (from, to) in [(0, 400), (1969, 2100), (9999, 9999)] {
+            check_calendar(from, to);
+        }
+    }
+
+    fn check_calendar(from_year: i32, to_year: i32) {
+        let mut date = chrono::NaiveDate::from_ymd_opt(from_year, 1, 1).unwrap();
+        let end = chrono::NaiveDate::from_ymd_opt(to_year, 12, 31).unwrap();
+        while date <= end {
+            let (y, m, d) = (date.year() as u32, date.month(), date.day());
+            let want = date.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp();
+            assert_eq!(days_from_civil(i64::from(y), m, d) * 86_400, want, "{date}");
+            if d == 28 || d == 29 || d == 30 {
+                assert_eq!(
+                    days_in_month(y, m) == d,
+                    date.succ_opt().unwrap().day() == 1,
+                    "{date}"
+                );
+            }
+            date = match date.succ_opt() {
+                Some(next) => next,
+                None => break,
+            };
+        }
     }
 
     proptest! {
