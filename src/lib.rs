@@ -14,6 +14,7 @@
 //!   that wires modules together.
 //! - Leaves anyone may use: [`config`] (flags and env), [`telemetry`] (logs),
 //!   [`metrics`] (every metric name), [`shutdown`] (signals), [`state`] (handler state).
+//! - [`healthcheck`]: the `sensor-stats healthcheck` probe used by the container.
 //! - [`workload`]: deterministic request bodies for benches and the load test.
 
 pub mod app;

@@ -1,6 +1,6 @@
 //! `ApiError`: the one error type at the HTTP edge, and the JSON error body
 //! `{"error": "...", "index": n|null}` that every 4xx/5xx of ours carries, including the
-//! ones produced by axum and tower-http layers ([`json_errors`]).
+//! ones produced by axum and tower-http layers ([`jsonify`]).
 
 use axum::{
     Json,
@@ -96,7 +96,7 @@ impl IntoResponse for ApiError {
             Self::Decode(e) => e.index,
             _ => None,
         };
-        // Rejections are logged (sampled) by `http::metrics::track_http`, which also counts them.
+        // Rejections are counted and logged (sampled) by `http::metrics::record`.
         error_response(status, reason, &self.to_string(), index)
     }
 }
