@@ -179,9 +179,12 @@ impl Metrics {
         }
     }
 
-    /// A request started (`+1`) or finished (`-1`).
-    pub fn in_flight(&self, delta: f64) {
-        self.in_flight.increment(delta);
+    /// Counts a request as in flight until the returned guard is dropped, which also
+    /// happens when the request is cancelled (client gone, drain deadline), so the gauge
+    /// cannot drift upwards.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.in_flight.clone())
     }
 
     /// Counts a request rejected with a 4xx for a bounded `reason`.
@@ -216,6 +219,16 @@ impl Metrics {
         self.sensors.set(sensors_tracked as f64);
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
+    }
+}
+
+/// Holds one request in the in-flight gauge; see [`Metrics::in_flight`].
+#[must_use = "the request stops counting as in flight when this is dropped"]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
@@ -282,6 +295,17 @@ mod tests {
             assert!(name.starts_with(PREFIX) && name.ends_with("_total"), "{name}");
         }
         assert!(HTTP_DURATION.ends_with("_seconds") && BODY_BYTES.ends_with("_bytes"));
+    }
+
+    #[test]
+    fn in_flight_falls_back_when_the_guard_is_dropped_early() {
+        let m = Metrics::new();
+        let first = m.in_flight();
+        let second = m.in_flight();
+        assert!(m.render(0).contains("sensor_stats_http_requests_in_flight 2"));
+        drop(second); // a cancelled request drops its guard without finishing
+        drop(first);
+        assert!(m.render(0).contains("sensor_stats_http_requests_in_flight 0"));
     }
 
     #[test]

@@ -104,9 +104,9 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
     let start = Instant::now();
     let route = metrics::route_label(request.extensions().get());
     let method = metrics::method_label(request.method());
-    state.metrics.in_flight(1.0);
+    let in_flight = state.metrics.in_flight();
     let response = next.run(request).await;
-    state.metrics.in_flight(-1.0);
+    drop(in_flight);
     let mut response = error::jsonify(response, state.body_limit);
     if state.lifecycle.is_draining() {
         response
