@@ -29,7 +29,7 @@ use tower_http::{
 };
 
 fn state() -> AppState {
-    let state = AppState::new(Store::memory(), 16 << 20);
+    let state = AppState::new(Store::memory(), Default::default(), 16 << 20);
     state.lifecycle.set_ready();
     state
 }

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every test (unit, property,
-# integration over real sockets, and the ones that need a real Prometheus), benches
-# compiled, dashboards checked. Installs what it needs from Debian when missing.
+# integration over real sockets, the ones that need a real Prometheus or a real
+# redis-server), the API suite a second time against Redis, benches compiled.
+# Installs what it needs from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_packages=()
 command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
 command -v jq >/dev/null 2>&1 || need_packages+=(jq)
+command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_packages[*]} (Debian packages)"
@@ -27,7 +29,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== tests (unit, property, integration over real sockets, real Prometheus)"
+echo "== tests (unit, property, integration over real sockets, real Prometheus, real Redis)"
 cargo nextest run --locked --no-fail-fast
+echo "== API suite again, every app backed by its own redis-server (--store redis)"
+SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api
 echo "== benches compile"
 cargo bench --locked --no-run

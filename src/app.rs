@@ -61,7 +61,13 @@ impl App {
     pub fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr().context("listener has no local address")?;
         let body_limit = usize::try_from(config.body_limit).context("body limit does not fit in memory")?;
-        let state = AppState::new(Store::memory(), body_limit);
+        config.validate().map_err(anyhow::Error::msg)?;
+        // rustls (Redis over TLS) needs a process-wide crypto provider; a second call
+        // (several apps in one test process) finds it installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::from_config(&config, Arc::clone(&metrics))?;
+        let state = AppState::new(store, metrics, body_limit);
         let router = http::router(state.clone(), config.request_timeout);
         Ok(Self {
             listener,
@@ -90,6 +96,7 @@ impl App {
         let background = CancellationToken::new();
         let background_tasks = TaskTracker::new();
         background_tasks.spawn(upkeep(Arc::clone(&self.state.metrics), background.clone()));
+        background_tasks.spawn(self.state.store.clone().run_upkeep(background.clone()));
 
         let server = Server::new(&self.config, self.router.clone());
         self.state.lifecycle.set_ready();

@@ -45,6 +45,96 @@ pub struct Config {
     /// connection's first byte or from accepting it (slow or silent clients are closed).
     #[arg(long, env = "SENSOR_STATS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// Where statistics live: `memory` (this process only) or `redis` (shared by every
+    /// replica pointed at the same Redis).
+    #[arg(long, env = "SENSOR_STATS_STORE", value_enum, default_value_t = StoreKind::Memory)]
+    pub store: StoreKind,
+
+    /// Redis to use with `--store redis`, e.g. `redis://:password@127.0.0.1:6379/0`
+    /// (`rediss://` for TLS).
+    #[arg(long, env = "SENSOR_STATS_REDIS_URL")]
+    pub redis_url: Option<RedisUrl>,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "SENSOR_STATS_REDIS_KEY_PREFIX", default_value = "sensor-stats")]
+    pub redis_key_prefix: String,
+
+    /// Longest time one Redis call may take before the request is answered 503.
+    #[arg(long, env = "SENSOR_STATS_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How many Redis hashes the sensors are spread over (each its own cluster slot).
+    /// Fixed for the life of a deployment's data: the first replica records it in Redis
+    /// and replicas started with another value refuse to become ready.
+    #[arg(long, env = "SENSOR_STATS_REDIS_BUCKETS", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=16384))]
+    pub redis_buckets: u16,
+
+    /// How long a successful `POST /data` with an `Idempotency-Key` is remembered: a retry
+    /// with the same key and body inside this window is answered without applying it again.
+    #[arg(long, env = "SENSOR_STATS_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
+}
+
+/// Which backend holds the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// This process's memory: fastest, lost on restart, not shared between replicas.
+    Memory,
+    /// A Redis 7 (or Valkey) server shared by every replica.
+    Redis,
+}
+
+/// A Redis URL; its `Debug` form hides the password so configuration can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl std::str::FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("redis://")
+            || s.starts_with("rediss://")
+            || s.starts_with("redis+unix://")
+            || s.starts_with("unix://")
+        {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("expected a redis://, rediss:// or unix:// URL".to_owned())
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `scheme://user:password@host...` -> `scheme://***@host...`
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                write!(f, "\"{}://***{}\"", &self.0[..scheme_end], &self.0[at..])
+            }
+            _ => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings that depend on each other.
+    ///
+    /// # Errors
+    /// A message saying which setting to add or remove.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.store == StoreKind::Redis && self.redis_url.is_none() {
+            return Err("--store redis needs --redis-url (SENSOR_STATS_REDIS_URL)".to_owned());
+        }
+        if self.idempotency_ttl.is_zero() {
+            return Err("--idempotency-ttl must be longer than 0s".to_owned());
+        }
+        if self.redis_timeout.is_zero() {
+            return Err("--redis-timeout must be longer than 0s".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// How log lines are written.
@@ -69,6 +159,12 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            store: StoreKind::Memory,
+            redis_url: None,
+            redis_key_prefix: "sensor-stats".into(),
+            redis_timeout: Duration::from_secs(1),
+            redis_buckets: 16,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -116,5 +212,29 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["sensor-stats", "--body-limit", "0"]).is_err());
         assert!(Cli::try_parse_from(["sensor-stats", "--shutdown-grace", "soon"]).is_err());
+    }
+
+    #[test]
+    fn redis_store_needs_a_url_and_the_url_password_is_not_logged() {
+        let c = Cli::try_parse_from(["sensor-stats", "--store", "redis"])
+            .unwrap()
+            .config;
+        assert!(c.validate().unwrap_err().contains("--redis-url"));
+        let c = Cli::try_parse_from([
+            "sensor-stats",
+            "--store",
+            "redis",
+            "--redis-url",
+            "redis://:hunter2@10.0.0.1:6379/0",
+        ])
+        .unwrap()
+        .config;
+        assert!(c.validate().is_ok());
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("redis://***@10.0.0.1:6379/0"),
+            "{shown}"
+        );
+        assert!(Cli::try_parse_from(["sensor-stats", "--redis-url", "http://x"]).is_err());
     }
 }

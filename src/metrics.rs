@@ -34,6 +34,16 @@ pub const DELETES: &str = "sensor_stats_sensor_deletes_total";
 pub const SENSORS: &str = "sensor_stats_sensors_tracked";
 /// Gauge (always 1): version and git revision of the running binary.
 pub const BUILD_INFO: &str = "sensor_stats_build_info";
+/// Histogram: latency of calls to a networked store (Redis) in seconds, by operation.
+pub const STORE_DURATION: &str = "sensor_stats_store_call_duration_seconds";
+/// Counter: failed store calls, by operation and kind (timeout, unavailable, server).
+pub const STORE_ERRORS: &str = "sensor_stats_store_errors_total";
+/// Histogram: how many requests one group-commit flush to the store carried.
+pub const FLUSH_REQUESTS: &str = "sensor_stats_store_flush_requests";
+/// Gauge: 1 while the store answers, 0 while it cannot be reached (memory: always 1).
+pub const STORE_UP: &str = "sensor_stats_store_up";
+/// Counter: `POST /data` retries answered from the idempotency record, not applied again.
+pub const IDEMPOTENT_REPLAYS: &str = "sensor_stats_idempotent_replays_total";
 
 /// Label key: matched route template (`/statistics/{sensor}`) or `unmatched`.
 pub const LABEL_ROUTE: &str = "route";
@@ -43,10 +53,65 @@ pub const LABEL_METHOD: &str = "method";
 pub const LABEL_STATUS: &str = "status";
 /// Label key: bounded rejection reason.
 pub const LABEL_REASON: &str = "reason";
+/// Label key: store operation ([`StoreOp`]).
+pub const LABEL_OP: &str = "op";
+/// Label key: kind of store failure.
+pub const LABEL_KIND: &str = "kind";
+
+/// The calls a networked store makes, as bounded label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// One group-commit flush of batches (and their idempotency records).
+    Apply,
+    /// Read one sensor.
+    Get,
+    /// Forget one sensor.
+    Delete,
+    /// Claim an idempotency key when a request starts.
+    Claim,
+    /// Give up a claim after a failed request.
+    Release,
+    /// Readiness probe.
+    Ping,
+    /// Count tracked sensors for the gauge.
+    Count,
+}
+
+impl StoreOp {
+    /// Every operation, in label order.
+    pub const ALL: [Self; 7] = [
+        Self::Apply,
+        Self::Get,
+        Self::Delete,
+        Self::Claim,
+        Self::Release,
+        Self::Ping,
+        Self::Count,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Apply => "apply",
+            Self::Get => "get",
+            Self::Delete => "delete",
+            Self::Claim => "claim",
+            Self::Release => "release",
+            Self::Ping => "ping",
+            Self::Count => "count",
+        }
+    }
+}
+
+/// Every kind of store failure, as label values.
+pub const STORE_ERROR_KINDS: [&str; 3] = ["timeout", "unavailable", "server"];
 
 /// Every rejection reason the HTTP layer can report.
-pub const REJECTION_REASONS: [&str; 10] = [
+pub const REJECTION_REASONS: [&str; 13] = [
     "malformed_json",
+    "invalid_idempotency_key",
+    "idempotency_key_in_use",
+    "idempotency_key_reused",
     "invalid_measurement",
     "invalid_sensor_id",
     "unsupported_media_type",
@@ -66,6 +131,9 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub const BODY_BUCKETS: &[f64] = &[
     64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
 ];
+
+/// Requests per flush buckets: 1 to 1024.
+pub const FLUSH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
 /// How often histogram samples are folded into buckets when nobody scrapes.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -88,6 +156,10 @@ pub struct Metrics {
     body_bytes: Histogram,
     deletes: Counter,
     sensors: Gauge,
+    store_duration: [Histogram; StoreOp::ALL.len()],
+    flush_requests: Histogram,
+    store_up: Gauge,
+    replays: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +177,8 @@ impl Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), DURATION_BUCKETS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BODY_BYTES.into()), BODY_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_DURATION.into()), DURATION_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_REQUESTS.into()), FLUSH_BUCKETS))
             .expect("bucket lists are non-empty constants")
             .build_recorder();
         let handle = recorder.handle();
@@ -130,6 +204,24 @@ impl Metrics {
             let key = Key::from_parts(REJECTED, vec![Label::from_static_parts(LABEL_REASON, reason)]);
             recorder.register_counter(&key, &METADATA).absolute(0);
         }
+        for op in StoreOp::ALL {
+            for kind in STORE_ERROR_KINDS {
+                recorder
+                    .register_counter(&store_error_key(op, kind), &METADATA)
+                    .absolute(0);
+            }
+        }
+        let store_duration = StoreOp::ALL.map(|op| {
+            let key = Key::from_parts(
+                STORE_DURATION,
+                vec![Label::from_static_parts(LABEL_OP, op.label())],
+            );
+            recorder.register_histogram(&key, &METADATA)
+        });
+        let store_up = recorder.register_gauge(&Key::from_static_name(STORE_UP), &METADATA);
+        store_up.set(1.0);
+        let replays = recorder.register_counter(&Key::from_static_name(IDEMPOTENT_REPLAYS), &METADATA);
+        replays.absolute(0);
 
         let plain = |name: &'static str| Key::from_static_name(name);
         Self {
@@ -139,6 +231,10 @@ impl Metrics {
             body_bytes: recorder.register_histogram(&plain(BODY_BYTES), &METADATA),
             deletes: recorder.register_counter(&plain(DELETES), &METADATA),
             sensors: recorder.register_gauge(&plain(SENSORS), &METADATA),
+            flush_requests: recorder.register_histogram(&plain(FLUSH_REQUESTS), &METADATA),
+            store_duration,
+            store_up,
+            replays,
             http: DashMap::default(),
             recorder,
             handle,
@@ -209,14 +305,45 @@ impl Metrics {
         self.deletes.increment(1);
     }
 
+    /// Records how long one store call took.
+    pub fn store_call(&self, op: StoreOp, elapsed: Duration) {
+        self.store_duration[op as usize].record(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failed store call of `kind` (one of [`STORE_ERROR_KINDS`]).
+    pub fn store_error(&self, op: StoreOp, kind: &'static str) {
+        self.recorder
+            .register_counter(&store_error_key(op, kind), &METADATA)
+            .increment(1);
+    }
+
+    /// Records how many requests one group-commit flush carried.
+    pub fn flush(&self, requests: usize) {
+        self.flush_requests.record(requests as f64);
+    }
+
+    /// Sets whether the store can be reached.
+    pub fn store_up(&self, up: bool) {
+        self.store_up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Counts a retry answered from its idempotency record.
+    pub fn idempotent_replay(&self) {
+        self.replays.increment(1);
+    }
+
     /// Folds pending histogram samples into buckets; run every [`UPKEEP_INTERVAL`].
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
 
     /// The Prometheus text exposition, with gauges sampled now.
-    pub fn render(&self, sensors_tracked: usize) -> String {
-        self.sensors.set(sensors_tracked as f64);
+    /// `sensors_tracked` is `None` when the store cannot say right now; the gauge then
+    /// keeps its last value.
+    pub fn render(&self, sensors_tracked: Option<usize>) -> String {
+        if let Some(n) = sensors_tracked {
+            self.sensors.set(n as f64);
+        }
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
     }
@@ -238,8 +365,18 @@ impl Default for Metrics {
     }
 }
 
+fn store_error_key(op: StoreOp, kind: &'static str) -> Key {
+    Key::from_parts(
+        STORE_ERRORS,
+        vec![
+            Label::from_static_parts(LABEL_OP, op.label()),
+            Label::from_static_parts(LABEL_KIND, kind),
+        ],
+    )
+}
+
 fn describe(r: &PrometheusRecorder) {
-    let items: [(&'static str, Unit, &'static str); 10] = [
+    let items: [(&'static str, Unit, &'static str); 15] = [
         (
             HTTP_REQUESTS,
             Unit::Count,
@@ -274,12 +411,41 @@ fn describe(r: &PrometheusRecorder) {
             Unit::Count,
             "Always 1; labels carry the version and git revision.",
         ),
+        (
+            STORE_DURATION,
+            Unit::Seconds,
+            "Latency of calls to the shared store (Redis), by operation.",
+        ),
+        (
+            STORE_ERRORS,
+            Unit::Count,
+            "Failed calls to the shared store, by operation and kind.",
+        ),
+        (
+            FLUSH_REQUESTS,
+            Unit::Count,
+            "Requests carried by one group-commit flush to the shared store.",
+        ),
+        (
+            STORE_UP,
+            Unit::Count,
+            "1 while the store can be reached, 0 while it cannot.",
+        ),
+        (
+            IDEMPOTENT_REPLAYS,
+            Unit::Count,
+            "POST /data retries answered from their Idempotency-Key record, not applied again.",
+        ),
     ];
     for (name, unit, help) in items {
         let key = name.into();
         match name {
-            HTTP_DURATION | BODY_BYTES => r.describe_histogram(key, Some(unit), help.into()),
-            HTTP_IN_FLIGHT | SENSORS | BUILD_INFO => r.describe_gauge(key, Some(unit), help.into()),
+            HTTP_DURATION | BODY_BYTES | STORE_DURATION | FLUSH_REQUESTS => {
+                r.describe_histogram(key, Some(unit), help.into())
+            }
+            HTTP_IN_FLIGHT | SENSORS | BUILD_INFO | STORE_UP => {
+                r.describe_gauge(key, Some(unit), help.into())
+            }
             _ => r.describe_counter(key, Some(unit), help.into()),
         }
     }
@@ -291,7 +457,15 @@ mod tests {
 
     #[test]
     fn every_name_has_the_prefix_and_a_unit_suffix() {
-        for name in [HTTP_REQUESTS, REJECTED, MEASUREMENTS, BATCHES, DELETES] {
+        for name in [
+            HTTP_REQUESTS,
+            REJECTED,
+            MEASUREMENTS,
+            BATCHES,
+            DELETES,
+            STORE_ERRORS,
+            IDEMPOTENT_REPLAYS,
+        ] {
             assert!(name.starts_with(PREFIX) && name.ends_with("_total"), "{name}");
         }
         assert!(HTTP_DURATION.ends_with("_seconds") && BODY_BYTES.ends_with("_bytes"));
@@ -302,10 +476,16 @@ mod tests {
         let m = Metrics::new();
         let first = m.in_flight();
         let second = m.in_flight();
-        assert!(m.render(0).contains("sensor_stats_http_requests_in_flight 2"));
+        assert!(
+            m.render(Some(0))
+                .contains("sensor_stats_http_requests_in_flight 2")
+        );
         drop(second); // a cancelled request drops its guard without finishing
         drop(first);
-        assert!(m.render(0).contains("sensor_stats_http_requests_in_flight 0"));
+        assert!(
+            m.render(Some(0))
+                .contains("sensor_stats_http_requests_in_flight 0")
+        );
     }
 
     #[test]
@@ -314,7 +494,7 @@ mod tests {
         m.http_request("/data", "POST", 204, Duration::from_millis(3));
         m.rejected("malformed_json");
         m.batch_accepted(10);
-        let text = m.render(7);
+        let text = m.render(Some(7));
         assert!(text.contains("# HELP sensor_stats_http_requests_total"), "{text}");
         assert!(
             text.contains(r#"sensor_stats_http_requests_total{route="/data",method="POST",status="204"} 1"#)

@@ -30,11 +30,11 @@ pub struct AppState {
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl AppState {
-    /// State over `store` with fresh metrics, not yet ready.
-    pub fn new(store: Store, body_limit: usize) -> Self {
+    /// State over `store`, recording into `metrics`, not yet ready.
+    pub fn new(store: Store, metrics: Arc<Metrics>, body_limit: usize) -> Self {
         Self {
             store,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             lifecycle: Arc::new(Lifecycle::default()),
             body_limit,
             rejection_log: Arc::new(LogSampler::new(REJECTION_LOG_INTERVAL)),
@@ -50,7 +50,8 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// Whether `/healthz` should say 204.
+    /// Whether start-up is done and shutdown has not begun (the store's readiness is
+    /// checked separately).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -10,7 +10,14 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{domain::SensorIdError, ingest::DecodeError, store::StoreError};
+use crate::{
+    domain::{IdempotencyKeyError, SensorIdError},
+    ingest::DecodeError,
+    store::StoreError,
+};
+
+/// What `Retry-After` says on a 503: try again in a second.
+pub const RETRY_AFTER_SECONDS: &str = "1";
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +43,21 @@ pub enum ApiError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The `Idempotency-Key` header breaks a rule.
+    #[error("invalid Idempotency-Key header: {0}")]
+    IdempotencyKey(#[from] IdempotencyKeyError),
+    /// A request with the same `Idempotency-Key` is still being processed.
+    #[error(
+        "a request with this Idempotency-Key is still being processed; nothing was applied, \
+         retry after it has been answered"
+    )]
+    IdempotencyInProgress,
+    /// The `Idempotency-Key` was used before with another body.
+    #[error(
+        "this Idempotency-Key was already used with a different request body; nothing was \
+         applied: use a new key for a new batch"
+    )]
+    IdempotencyReused,
 }
 
 /// Marks a response as a rejection: a bounded reason for the rejection counter and the
@@ -84,7 +106,12 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::Body(_) => (StatusCode::BAD_REQUEST, "unreadable_body"),
-            Self::Store(e) => match *e {},
+            Self::Store(StoreError::ClaimLost) | Self::IdempotencyInProgress => {
+                (StatusCode::CONFLICT, "idempotency_key_in_use")
+            }
+            Self::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Self::IdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            Self::IdempotencyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
         }
     }
 }
@@ -97,7 +124,13 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         // Rejections are counted and logged (sampled) by `http::metrics::record`.
-        error_response(status, reason, &self.to_string(), index)
+        let mut response = error_response(status, reason, &self.to_string(), index);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
     }
 }
 

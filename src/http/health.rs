@@ -1,23 +1,38 @@
-//! `GET /healthz`: the readiness answer a load balancer polls.
+//! `GET /healthz` (readiness: may this replica take requests?) and `GET /livez`
+//! (liveness: is the process serving HTTP at all?).
 
 use axum::{
     extract::State,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
-use crate::{http::error::error_response, state::AppState};
+use crate::{
+    http::error::{RETRY_AFTER_SECONDS, error_response},
+    state::AppState,
+};
 
-/// 204 when ready to take requests; 503 while starting up or draining at shutdown.
+/// 204 when ready to take requests; 503 while starting up, while the store cannot be
+/// reached, or while draining at shutdown.
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    if state.lifecycle.is_ready() {
-        StatusCode::NO_CONTENT.into_response()
+    let message = if state.lifecycle.is_draining() {
+        "shutting down"
+    } else if !state.lifecycle.is_ready() {
+        "starting up"
+    } else if !state.store.is_ready() {
+        "the statistics store cannot be reached"
     } else {
-        let message = if state.lifecycle.is_draining() {
-            "shutting down"
-        } else {
-            "starting up"
-        };
-        error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message, None)
-    }
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message, None);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    response
+}
+
+/// 204 whenever the process serves HTTP, also while draining or while the store is
+/// down: a liveness probe must not restart a pod because of a dependency.
+pub async fn livez() -> StatusCode {
+    StatusCode::NO_CONTENT
 }

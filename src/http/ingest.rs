@@ -1,17 +1,29 @@
-//! `POST /data`: checks the media type, reads the (decompressed) body within the limit,
-//! decodes it with `ingest::decode` and applies the batch.
+//! `POST /data`: checks the media type and the `Idempotency-Key`, reads the
+//! (decompressed) body within the limit, decodes it with `ingest::decode` and applies the
+//! batch, with the key's record in the same store step.
 
 use std::error::Error as StdError;
 
 use axum::{
     body::{Body, HttpBody as _},
     extract::State,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
-
 use http_body_util::{BodyExt as _, Limited};
 
-use crate::{http::error::ApiError, ingest, state::AppState};
+use crate::{
+    domain::{Fingerprint, IdempotencyKey},
+    http::error::ApiError,
+    ingest,
+    state::AppState,
+    store::{Claim, ClaimToken, Completion, Store},
+};
+
+/// The request header that makes a retry count once.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The response header that marks an answer replayed from an idempotency record.
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Takes a batch; 204 when every measurement was applied, 4xx with nothing applied otherwise.
 /// Records `measurements` and `sensors` on the request span.
@@ -19,17 +31,91 @@ pub async fn post_data(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     check_content_type(&headers)?;
+    let Some(raw_key) = headers.get(&IDEMPOTENCY_KEY) else {
+        let mut body = read_body(body, state.body_limit).await?;
+        apply(&state, &mut body, None).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let key = IdempotencyKey::parse(raw_key.as_bytes())?.as_str();
+    match state.store.claim(key).await? {
+        Claim::InProgress => Err(ApiError::IdempotencyInProgress),
+        Claim::Completed(fingerprint) => {
+            let body = read_body(body, state.body_limit).await?;
+            if Fingerprint::of(&body) != fingerprint {
+                return Err(ApiError::IdempotencyReused);
+            }
+            state.metrics.idempotent_replay();
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Claim::Claimed(token) => {
+            // Released unless the batch is applied, also when the client goes away.
+            let claim = Held {
+                store: state.store.clone(),
+                key: key.to_owned(),
+                token,
+                applied: false,
+            };
+            let result = claimed(&state, body, claim).await;
+            result.map(|()| StatusCode::NO_CONTENT.into_response())
+        }
+    }
+}
+
+async fn claimed(state: &AppState, body: Body, mut claim: Held) -> Result<(), ApiError> {
     let mut body = read_body(body, state.body_limit).await?;
+    let completion = Completion {
+        key: &claim.key,
+        token: &claim.token,
+        fingerprint: Fingerprint::of(&body),
+    };
+    apply(state, &mut body, Some(completion)).await?;
+    claim.applied = true;
+    Ok(())
+}
+
+/// Decodes `body` and applies it (with `completion`'s record), counting what was taken.
+async fn apply(
+    state: &AppState,
+    body: &mut Vec<u8>,
+    completion: Option<Completion<'_>>,
+) -> Result<(), ApiError> {
     state.metrics.body_bytes(body.len());
-    let batch = ingest::decode(&mut body)?;
-    state.store.record_batch(&batch).await?;
+    let batch = ingest::decode(body)?;
+    state.store.record_batch(&batch, completion).await?;
     state.metrics.batch_accepted(batch.measurements());
     let span = tracing::Span::current();
     span.record("measurements", batch.measurements());
     span.record("sensors", batch.sensors());
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
+}
+
+/// An Idempotency-Key claim held by this request; released on drop unless applied.
+struct Held {
+    store: Store,
+    key: String,
+    token: ClaimToken,
+    applied: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.applied {
+            return;
+        }
+        let store = self.store.clone();
+        let key = std::mem::take(&mut self.key);
+        let token = self.token.clone();
+        // Drop may run outside a request (a cancelled future); the release is best effort.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { store.release(&key, &token).await });
+        }
+    }
 }
 
 /// Accepts `application/json` with any parameters, or no Content-Type at all.

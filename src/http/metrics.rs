@@ -13,7 +13,7 @@ use crate::{http::error::Rejection, state::AppState};
 
 /// Renders the Prometheus text exposition.
 pub async fn render_metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render(state.store.sensors_tracked());
+    let text = state.metrics.render(state.store.sensors_tracked().await);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
@@ -60,6 +60,7 @@ pub fn route_label(matched: Option<&MatchedPath>) -> &'static str {
         Some("/data") => "/data",
         Some("/statistics/{sensor}") => "/statistics/{sensor}",
         Some("/healthz") => "/healthz",
+        Some("/livez") => "/livez",
         Some("/metrics") => "/metrics",
         Some(_) => "other",
     }

@@ -72,6 +72,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             get(statistics::get_statistics).delete(statistics::delete_statistics),
         )
         .route("/healthz", get(health::healthz))
+        .route("/livez", get(health::livez))
         .route("/metrics", get(metrics::render_metrics))
         // `Router::layer` wraps each route (and the fallback) after routing, so these
         // layers see the `MatchedPath`. Outermost first: the request id is set before the

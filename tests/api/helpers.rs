@@ -1,10 +1,20 @@
 //! `spawn_app` and `TestApp`: one real server per test, and request helpers that assert
 //! the expected status.
 
-use std::{net::SocketAddr, sync::Arc, sync::LazyLock};
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant},
+};
 
 use reqwest::{Method, StatusCode, header::HeaderMap};
-use sensor_stats::{App, Config, state::Lifecycle, telemetry};
+use sensor_stats::{
+    App, Config,
+    config::{RedisUrl, StoreKind},
+    state::Lifecycle,
+    telemetry,
+};
 use serde_json::Value;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
@@ -19,6 +29,9 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 });
 
 pub struct TestApp {
+    /// The Redis this app uses in redis mode, kept alive as long as the app.
+    #[expect(dead_code, reason = "held for its lifetime, not read")]
+    redis: Option<Arc<RedisServer>>,
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub lifecycle: Arc<Lifecycle>,
@@ -66,13 +79,41 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Whether the suite runs against Redis: `SENSOR_STATS_TEST_STORE=redis` (scripts/test.sh
+/// runs the API suite once in each mode).
+pub fn redis_mode() -> bool {
+    std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "redis")
+}
+
+/// An app on 127.0.0.1:0 in the suite's store mode (its own fresh `redis-server` in redis
+/// mode), ready to serve when this returns.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let redis = redis_mode().then(|| Arc::new(RedisServer::start()));
+    spawn_app_on(redis, configure).await
+}
+
+/// An app using `redis` (memory store when `None`), configured by `configure`, ready.
+pub async fn spawn_app_on(redis: Option<Arc<RedisServer>>, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let app = spawn_app_unready(redis, configure).await;
+    app.wait_ready(Duration::from_secs(10)).await;
+    app
+}
+
+/// Like [`spawn_app_on`], without waiting for readiness.
+pub async fn spawn_app_unready(
+    redis: Option<Arc<RedisServer>>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     LazyLock::force(&TRACING);
     let mut config = Config {
         host: [127, 0, 0, 1].into(),
         port: 0,
         ..Config::default()
     };
+    if let Some(r) = &redis {
+        config.store = StoreKind::Redis;
+        config.redis_url = Some(RedisUrl(r.url()));
+    }
     configure(&mut config);
     let listener = TcpListener::bind((config.host, 0))
         .await
@@ -85,6 +126,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         let _ = stopped.await;
     }));
     TestApp {
+        redis,
         addr,
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
         lifecycle,
@@ -94,6 +136,20 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
+    /// Waits until `/healthz` answers 204 (Redis mode connects in the background).
+    pub async fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(self.url("/healthz")).send().await
+                && r.status() == StatusCode::NO_CONTENT
+            {
+                return;
+            }
+            assert!(start.elapsed() < limit, "app not ready within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -169,4 +225,108 @@ pub fn sample(name: &str) -> String {
 
 pub fn unknown_form() -> Value {
     serde_json::from_str(&sample("get_statistics_ex1.json")).unwrap()
+}
+
+/// A real `redis-server` (Debian package) on a free loopback port, in its own temp dir,
+/// killed when dropped. AOF on (`appendfsync always`) so a restart keeps what it took.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = Self {
+            port: free_port(),
+            dir,
+            child: std::sync::Mutex::new(None),
+        };
+        server.run();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (again) on the same port and data dir, and waits until it answers.
+    pub fn run(&self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.dir.path().to_str().unwrap(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): run scripts/test.sh, which installs it from Debian")
+            });
+        *self.child.lock().unwrap() = Some(child);
+        let start = Instant::now();
+        while self.ping().is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs the server (as a crash would).
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// One command through `redis-cli`, its output trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn ping(&self) -> Result<(), ()> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).map_err(|_| ())?;
+        s.set_read_timeout(Some(Duration::from_millis(200))).ok();
+        s.write_all(b"PING\r\n").map_err(|_| ())?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).map_err(|_| ())?;
+        if &buf == b"+PONG\r\n" { Ok(()) } else { Err(()) }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

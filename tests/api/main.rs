@@ -4,9 +4,12 @@
 
 mod health;
 mod helpers;
+mod idempotency;
 mod ingest;
 mod metrics;
 mod prometheus;
+mod replicas;
 mod routes;
 mod shutdown;
 mod statistics;
+mod store_outage;
