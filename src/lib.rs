@@ -16,19 +16,33 @@
 //!   [`metrics`] (every metric name), [`shutdown`] (signals), [`state`] (handler state).
 //! - [`healthcheck`]: the `sensor-stats healthcheck` probe used by the container.
 //! - [`workload`]: deterministic request bodies for benches and the load test.
+//!
+//! Everything but `domain`, `ingest` and `workload` sits behind the default `server`
+//! feature, so the fuzz targets (`fuzz/`) build only the code they exercise.
 
+#[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "server")]
 pub mod config;
 pub mod domain;
+#[cfg(feature = "server")]
 pub mod healthcheck;
+#[cfg(feature = "server")]
 pub mod http;
 pub mod ingest;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod shutdown;
+#[cfg(feature = "server")]
 pub mod state;
+#[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
 pub mod telemetry;
 pub mod workload;
 
+#[cfg(feature = "server")]
 pub use app::App;
+#[cfg(feature = "server")]
 pub use config::Config;

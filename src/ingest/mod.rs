@@ -2,5 +2,7 @@
 //! Nothing here touches shared state, so a rejected request has applied nothing.
 
 mod decode;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod reference;
 
 pub use decode::{DecodeError, DecodeErrorKind, MAX_DEPTH, PADDING, SCRATCH_KEEP_LIMIT, decode};
