@@ -70,10 +70,16 @@ pub struct Rejection {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    index: Option<usize>,
+/// The JSON body of every 4xx and 5xx answer (schema `Error` in the OpenAPI document).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// What is wrong, in words a person can act on.
+    pub error: &'a str,
+    /// The position of the offending measurement in a `POST /data` batch; `null` for
+    /// every other error.
+    #[schema(minimum = 0)]
+    pub index: Option<usize>,
 }
 
 /// Builds the JSON error response for `status`.

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Limited};
 
 use crate::{
     domain::{Fingerprint, IdempotencyKey},
-    http::error::ApiError,
+    http::{error::ApiError, openapi},
     ingest,
     state::AppState,
     store::{Claim, ClaimToken, Completion, Store},
@@ -26,7 +26,20 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Takes a batch; 204 when every measurement was applied, 4xx with nothing applied otherwise.
-/// Records `measurements` and `sensors` on the request span.
+/// Records `measurements` and `sensors` on the request span. The request body's schema
+/// and examples are added by `openapi::finish_paths` (the body is decoded by hand).
+#[utoipa::path(
+    post,
+    path = "/data",
+    tag = "ingest",
+    operation_id = "post_data",
+    summary = "Ingest a batch of measurements",
+    description = "Takes a JSON array of measurements of any number of sensors, all or nothing: 204 \
+                   when every measurement was applied, an error with the index of the first invalid \
+                   one and nothing applied otherwise.",
+    params(openapi::IdempotencyKeyHeader),
+    responses(openapi::PostDataResponses)
+)]
 pub async fn post_data(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -12,6 +12,15 @@ use axum::{
 use crate::{http::error::Rejection, state::AppState};
 
 /// Renders the Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "render_metrics",
+    summary = "Prometheus metrics",
+    description = "This replica's counters, gauges and histograms; no label holds a sensor id.",
+    responses(crate::http::openapi::MetricsResponses)
+)]
 pub async fn render_metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(state.store.sensors_tracked().await);
     (
@@ -62,6 +71,9 @@ pub fn route_label(matched: Option<&MatchedPath>) -> &'static str {
         Some("/healthz") => "/healthz",
         Some("/livez") => "/livez",
         Some("/metrics") => "/metrics",
+        Some("/openapi.json") => "/openapi.json",
+        Some("/docs") => "/docs",
+        Some("/docs/{file}") => "/docs/{file}",
         Some(_) => "other",
     }
 }

@@ -1,10 +1,16 @@
 //! The HTTP edge: the route table and the middleware stack. Handlers are thin; decoding
 //! lives in `ingest`, statistics in `store`. The only axum code besides `app`.
+//!
+//! Routes are registered through `utoipa_axum::routes!`, which takes each handler's
+//! `#[utoipa::path]` description along: the OpenAPI document (`openapi`) lists exactly
+//! the routes served.
 
+pub mod docs;
 pub mod error;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod openapi;
 pub mod statistics;
 
 use std::{
@@ -18,7 +24,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
+    routing::MethodRouter,
 };
 use tower::ServiceBuilder;
 use tower_http::{
@@ -29,8 +35,33 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tracing::Level;
+use utoipa::OpenApi as _;
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouterExt as _},
+    routes,
+};
 
 use crate::state::AppState;
+
+/// Every route with its OpenAPI description; `ingest_layers` wraps `POST /data` alone.
+fn routes(
+    ingest_layers: impl FnOnce(MethodRouter<AppState>) -> MethodRouter<AppState>,
+) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(ingest::post_data).map(ingest_layers))
+        .routes(routes!(statistics::get_statistics, statistics::delete_statistics))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::livez))
+        .routes(routes!(metrics::render_metrics))
+        .routes(routes!(docs::get_openapi))
+        .routes(routes!(docs::get_docs))
+        .routes(routes!(docs::get_docs_file))
+}
+
+/// The OpenAPI 3.1 document of [`router`], complete.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::document(routes(|r| r).into_openapi())
+}
 
 /// The whole service: every route of the contract behind the middleware stack.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
@@ -39,13 +70,16 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     // The timeout is here, not around every route: a body upload is what a slow client can
     // stretch, while the other routes answer from memory at once (and a networked store
     // bounds its own calls). A timer per request is not free on the hot GET path.
-    let ingest = post(ingest::post_data)
-        .layer::<_, Infallible>(RequestDecompressionLayer::new().no_deflate().no_br())
-        .layer::<_, Infallible>(RequestBodyLimitLayer::new(state.body_limit))
-        .layer::<_, Infallible>(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ));
+    let body_limit = state.body_limit;
+    let ingest_layers = move |route: MethodRouter<AppState>| {
+        route
+            .layer::<_, Infallible>(RequestDecompressionLayer::new().no_deflate().no_br())
+            .layer::<_, Infallible>(RequestBodyLimitLayer::new(body_limit))
+            .layer::<_, Infallible>(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                request_timeout,
+            ))
+    };
 
     let request_span = |request: &Request| {
         let request_id = request
@@ -65,15 +99,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         )
     };
 
-    Router::new()
-        .route("/data", ingest)
-        .route(
-            "/statistics/{sensor}",
-            get(statistics::get_statistics).delete(statistics::delete_statistics),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/livez", get(health::livez))
-        .route("/metrics", get(metrics::render_metrics))
+    let (router, _) = routes(ingest_layers).split_for_parts();
+    router
         // `Router::layer` wraps each route (and the fallback) after routing, so these
         // layers see the `MatchedPath`. Outermost first: the request id is set before the
         // span is made so the span has it.

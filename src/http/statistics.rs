@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     domain::{SensorId, Timestamp},
-    http::error::ApiError,
+    http::{error::ApiError, openapi},
     state::AppState,
 };
 
@@ -27,18 +27,33 @@ impl<S: Send + Sync> FromRequestParts<S> for SensorPath {
     }
 }
 
-/// The answer of `GET /statistics/{sensor}`.
-#[derive(Debug, Serialize)]
+/// The answer of `GET /statistics/{sensor}` (schema `Statistics` in the OpenAPI document).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Statistics)]
 pub struct StatisticsBody {
-    /// Greatest instant seen, in UTC; `null` for an unknown sensor.
+    /// The greatest instant among the sensor's measurements (whatever order they arrived
+    /// in), in UTC with `+00:00`: no fraction when it is zero, 6 digits for whole
+    /// microseconds, 9 otherwise. `null` for an unknown sensor.
+    #[schema(value_type = Option<String>, pattern = r"^([0-9]{4}|[+-][0-9]{4,})-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6}|\.[0-9]{9})?\+00:00$", example = "2021-11-09T20:38:09+00:00")]
     pub last_measurement: Option<Timestamp>,
-    /// Number of measurements.
+    /// How many measurements the sensor has; 0 for an unknown sensor.
     pub count: u64,
-    /// Mean of the values; `0.0` for an unknown sensor.
+    /// The arithmetic mean of their values; `0.0` for an unknown sensor.
     pub avg: f64,
 }
 
 /// Answers the sensor's statistics, or the empty form for an unknown sensor.
+#[utoipa::path(
+    get,
+    path = "/statistics/{sensor}",
+    tag = "statistics",
+    operation_id = "get_statistics",
+    summary = "A sensor's statistics",
+    description = "Count, mean and latest instant of the sensor's measurements since it was first \
+                   seen or last deleted. A reader never sees part of a batch.",
+    params(openapi::SensorParam),
+    responses(openapi::GetStatisticsResponses)
+)]
 pub async fn get_statistics(
     State(state): State<AppState>,
     SensorPath(sensor): SensorPath,
@@ -52,6 +67,17 @@ pub async fn get_statistics(
 }
 
 /// Forgets the sensor; 204 whether or not it was known.
+#[utoipa::path(
+    delete,
+    path = "/statistics/{sensor}",
+    tag = "statistics",
+    operation_id = "delete_statistics",
+    summary = "Forget a sensor",
+    description = "Clears the sensor on every replica. Idempotent: 204 for known and unknown \
+                   sensors alike.",
+    params(openapi::SensorParam),
+    responses(openapi::DeleteStatisticsResponses)
+)]
 pub async fn delete_statistics(
     State(state): State<AppState>,
     SensorPath(sensor): SensorPath,
