@@ -159,6 +159,8 @@ responses!(
                         ))
                         .build(),
                 )
+                .link("GetFirstSensor", sensor_link("get_statistics", "$request.body#/0/sensor"))
+                .link("DeleteFirstSensor", sensor_link("delete_statistics", "$request.body#/0/sensor"))
                 .build(),
         ),
         (
@@ -271,6 +273,7 @@ responses!(
                     "The sensor is forgotten (known or not): `GET` now shows the unknown form, and \
                      later measurements start a fresh history. No body.",
                 )
+                .link("GetSensor", sensor_link("get_statistics", "$request.path.sensor"))
                 .build(),
         ),
         (400, bad_sensor_path()),
@@ -550,6 +553,16 @@ fn sample(name: &str) -> Value {
         _ => unreachable!("no sample {name}"),
     };
     serde_json::from_str(text).unwrap_or_else(|e| panic!("samples/{name} is not JSON: {e}"))
+}
+
+/// A link to the operation `operation_id` on the sensor that `expression` names (the
+/// stateful tests of schemathesis follow these).
+fn sensor_link(operation_id: &str, expression: &str) -> utoipa::openapi::link::Link {
+    utoipa::openapi::link::LinkBuilder::new()
+        .operation_id(operation_id)
+        .parameter("sensor", expression)
+        .description("The statistics of the sensor this request named.")
+        .build()
 }
 
 fn example(summary: &str, value: Value) -> utoipa::openapi::example::Example {

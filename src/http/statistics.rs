@@ -38,7 +38,10 @@ pub struct StatisticsBody {
     pub last_measurement: Option<Timestamp>,
     /// How many measurements the sensor has; 0 for an unknown sensor.
     pub count: u64,
-    /// The arithmetic mean of their values; `0.0` for an unknown sensor.
+    /// The arithmetic mean of their values; `0.0` for an unknown sensor. `null` when the
+    /// sum of the values has overflowed a 64-bit float (values near ±1.8e308; the sum is
+    /// what the stores keep), until the sensor is deleted.
+    #[schema(value_type = Option<f64>)]
     pub avg: f64,
 }
 
