@@ -131,3 +131,29 @@ fn page_headers(mut response: Response) -> Response {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest as _, Sha256};
+
+    use super::*;
+
+    /// The embedded Swagger UI files are the ones `scripts/update-swagger-ui.sh` took from
+    /// the npm package (checked against the registry's integrity hash then).
+    #[test]
+    fn embedded_swagger_ui_files_match_their_recorded_checksums() {
+        let sums = include_str!("../../assets/swagger-ui/SHA256SUMS");
+        let mut checked = 0;
+        for file in FILES.iter().filter(|f| f.name != "swagger-initializer.js") {
+            let line = sums
+                .lines()
+                .find(|l| l.ends_with(&format!("  {}", file.name)))
+                .unwrap_or_else(|| panic!("{} is not in SHA256SUMS", file.name));
+            let digest: String = Sha256::digest(file.bytes).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(&line[..64], digest, "{}", file.name);
+            checked += 1;
+        }
+        assert_eq!(checked, 3);
+        assert!(include_str!("../../assets/swagger-ui/VERSION").starts_with("swagger-ui-dist "));
+    }
+}

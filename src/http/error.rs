@@ -78,7 +78,7 @@ pub struct ErrorBody<'a> {
     pub error: &'a str,
     /// The position of the offending measurement in a `POST /data` batch; `null` for
     /// every other error.
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, required = true)]
     pub index: Option<usize>,
 }
 

@@ -34,7 +34,7 @@ pub struct StatisticsBody {
     /// The greatest instant among the sensor's measurements (whatever order they arrived
     /// in), in UTC with `+00:00`: no fraction when it is zero, 6 digits for whole
     /// microseconds, 9 otherwise. `null` for an unknown sensor.
-    #[schema(value_type = Option<String>, pattern = r"^([0-9]{4}|[+-][0-9]{4,})-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6}|\.[0-9]{9})?\+00:00$", example = "2021-11-09T20:38:09+00:00")]
+    #[schema(required = true, value_type = Option<String>, pattern = r"^([0-9]{4}|[+-][0-9]{4,})-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6}|\.[0-9]{9})?\+00:00$", example = "2021-11-09T20:38:09+00:00")]
     pub last_measurement: Option<Timestamp>,
     /// How many measurements the sensor has; 0 for an unknown sensor.
     pub count: u64,

@@ -7,6 +7,7 @@ mod helpers;
 mod idempotency;
 mod ingest;
 mod metrics;
+mod openapi;
 mod prometheus;
 mod replicas;
 mod routes;
