@@ -555,27 +555,28 @@ async fn w4(args: &Args) -> Row {
     };
     let (tallies, acked, cpu, redis_cpu) = run_mix(args, &server, vec![(post, 16), (get, 4)]).await;
     let verified = verify(&server, &ids(10), acked, 0).await;
-    let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
     let secs = args.duration.as_secs_f64();
-    let row = Row {
-        requests_per_s: (p.requests + g.requests) as f64 / secs,
-        extra: format!(
-            "GET p50 {:.2} ms, p99 {:.2} ms; {:.1}% GET",
-            g.percentile(0.5),
-            g.percentile(0.99),
-            100.0 * g.requests as f64 / (p.requests + g.requests).max(1) as f64
-        ),
-        ..Row::from_tally(
-            "W4 mixed: 90% POST 100x10 hot, 10% GET",
-            "16+4",
-            &p,
-            args,
-            cpu,
-            &server,
-            verified,
-        )
+    let row = {
+        let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
+        Row {
+            requests_per_s: (p.requests + g.requests) as f64 / secs,
+            extra: format!(
+                "GET p50 {:.2} ms, p99 {:.2} ms; {:.1}% GET",
+                g.percentile(0.5),
+                g.percentile(0.99),
+                100.0 * g.requests as f64 / (p.requests + g.requests).max(1) as f64
+            ),
+            ..Row::from_tally(
+                "W4 mixed: 90% POST 100x10 hot, 10% GET",
+                "16+4",
+                &p,
+                args,
+                cpu,
+                &server,
+                verified,
+            )
+        }
     };
-    drop((p, g));
     with_store_costs(row, &server, redis_cpu).await
 }
 
