@@ -4,6 +4,10 @@
 //! table. Traffic goes only to 127.0.0.1 and every run stops by itself.
 //!
 //! Run it with `scripts/loadtest.sh` (builds, pins server and load to separate cores).
+//! `--stores memory,redis,redis-cluster` runs every workload once per store; in the redis
+//! modes fresh `redis-server`s (AOF, `appendfsync everysec`; three cluster masters for
+//! `redis-cluster`) run beside the load generator, on its core, and the row adds Redis
+//! CPU-seconds per million measurements and requests per group-commit flush.
 //!
 //! Workloads (a fresh server each):
 //! - W1: 1000-measurement batches over 100 sensors.
@@ -51,21 +55,158 @@ struct Args {
     /// Workloads to run, comma-separated: w1,w2,w3,w4,mem.
     #[arg(long, default_value = "w1,w2,w3,w4,mem", value_delimiter = ',')]
     workloads: Vec<String>,
+    /// Stores to run each workload against, comma-separated: memory,redis,redis-cluster
+    /// (three masters, no replicas).
+    #[arg(long, default_value = "memory", value_delimiter = ',')]
+    stores: Vec<String>,
+    /// Set per workload run from `stores`.
+    #[arg(skip)]
+    store: String,
 }
 
-/// One running server process.
+/// The `redis-server`s of one workload run (one, or three cluster masters), in their
+/// own temp dir; killed on drop.
+struct RedisProc {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisProc {
+    fn start(masters: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = masters > 1;
+        let mut ports = Vec::new();
+        while ports.len() < masters {
+            let p = free_port();
+            if !cluster || (p < 50_000 && StdListener::bind(("127.0.0.1", p + 10_000)).is_ok()) {
+                ports.push(p);
+            }
+        }
+        let children = ports
+            .iter()
+            .map(|port| {
+                let node_dir = dir.path().join(port.to_string());
+                std::fs::create_dir_all(&node_dir).unwrap();
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                    .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+                    .arg("--dir")
+                    .arg(&node_dir)
+                    .stdout(Stdio::null());
+                if cluster {
+                    cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+                }
+                cmd.spawn()
+                    .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if cluster {
+            let mut create = Command::new("redis-cli");
+            create.args(["--cluster", "create"]);
+            for p in &ports {
+                create.arg(format!("127.0.0.1:{p}"));
+            }
+            let out = create
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .expect("redis-cli runs");
+            assert!(out.status.success(), "cluster create failed");
+            loop {
+                let ok = ports.iter().all(|p| {
+                    let out = Command::new("redis-cli")
+                        .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
+                        .output()
+                        .unwrap();
+                    String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+                });
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline + Duration::from_secs(20),
+                    "cluster not ok"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Self {
+            children,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    /// The server's `--store` and `--redis-url` arguments.
+    fn server_args(&self) -> [String; 4] {
+        let (store, url) = if self.ports.len() > 1 {
+            let seeds: Vec<String> = self
+                .ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect();
+            ("redis-cluster", seeds.join(","))
+        } else {
+            ("redis", format!("redis://127.0.0.1:{}/0", self.ports[0]))
+        };
+        ["--store".into(), store.into(), "--redis-url".into(), url]
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.children.iter().map(|c| cpu_seconds_of(c.id())).sum()
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// User + system CPU seconds of process `pid` so far.
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// One running server process (and its Redis in redis mode).
 struct Server {
     child: Child,
     addr: SocketAddr,
+    redis: Option<RedisProc>,
 }
 
 impl Server {
     async fn start(args: &Args) -> Self {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
+        let redis = match args.store.as_str() {
+            "redis" => Some(RedisProc::start(1)),
+            "redis-cluster" => Some(RedisProc::start(3)),
+            _ => None,
+        };
         let mut cmd = match args.server_cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -84,12 +225,16 @@ impl Server {
         ])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null());
+        if let Some(r) = &redis {
+            cmd.args(r.server_args());
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.server));
         let server = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            redis,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -105,13 +250,12 @@ impl Server {
 
     /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks / 100.0 // USER_HZ is 100 on Linux
+        cpu_seconds_of(self.child.id())
+    }
+
+    /// Redis's CPU seconds so far (0 without Redis).
+    fn redis_cpu_seconds(&self) -> f64 {
+        self.redis.as_ref().map_or(0.0, RedisProc::cpu_seconds)
     }
 
     /// `(current RSS, peak RSS)` in bytes.
@@ -274,6 +418,9 @@ async fn worker(
 
 struct Row {
     name: &'static str,
+    store: String,
+    redis_cpu_s: f64,
+    requests_per_flush: f64,
     connections: String,
     requests_per_s: f64,
     measurements_per_s: f64,
@@ -299,6 +446,9 @@ impl Row {
         let secs = args.duration.as_secs_f64();
         Self {
             name,
+            store: args.store.clone(),
+            redis_cpu_s: 0.0,
+            requests_per_flush: 0.0,
             connections: connections.to_owned(),
             requests_per_s: t.requests as f64 / secs,
             measurements_per_s: t.measurements as f64 / secs,
@@ -316,7 +466,7 @@ async fn run_mix(
     args: &Args,
     server: &Server,
     groups: Vec<(Job, usize)>,
-) -> (Vec<Rc<RefCell<Tally>>>, u64, f64) {
+) -> (Vec<Rc<RefCell<Tally>>>, u64, f64, f64) {
     let now = Instant::now();
     let window = Rc::new(Window {
         measure_from: now + args.warmup,
@@ -349,13 +499,43 @@ async fn run_mix(
     }
     tokio::time::sleep_until(window.measure_from.into()).await;
     let cpu_start = server.cpu_seconds();
+    let redis_start = server.redis_cpu_seconds();
     tokio::time::sleep_until(window.until.into()).await;
     let cpu = server.cpu_seconds() - cpu_start;
+    let redis_cpu = server.redis_cpu_seconds() - redis_start;
     for h in handles {
         h.await.expect("worker");
     }
     let acked = *acked.borrow();
-    (tallies, acked, cpu)
+    (tallies, acked, cpu, redis_cpu)
+}
+
+/// Mean requests per group-commit flush over the run, from the server's own histogram.
+async fn requests_per_flush(server: &Server) -> f64 {
+    let mut c = Client::connect(server.addr).await.unwrap();
+    let (_, metrics) = c.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let count = value("sensor_stats_store_flush_requests_count ");
+    if count == 0.0 {
+        0.0
+    } else {
+        value("sensor_stats_store_flush_requests_sum ") / count
+    }
+}
+
+/// Adds the redis columns to a row.
+async fn with_store_costs(mut row: Row, server: &Server, redis_cpu: f64) -> Row {
+    if server.redis.is_some() {
+        row.redis_cpu_s = redis_cpu;
+        row.requests_per_flush = requests_per_flush(server).await;
+    }
+    row
 }
 
 async fn verify(server: &Server, sensors: &[String], acked: u64, preloaded: u64) -> String {
@@ -396,10 +576,13 @@ async fn post_workload(
         bodies: bodies(16, per_body, sensors),
         per_body: per_body as u64,
     };
-    let (tallies, acked, cpu) = run_mix(args, &server, vec![(job, connections)]).await;
+    let (tallies, acked, cpu, redis_cpu) = run_mix(args, &server, vec![(job, connections)]).await;
     let verified = verify(&server, &ids(sensors), acked, 0).await;
-    let t = tallies[0].borrow();
-    Row::from_tally(name, &connections.to_string(), &t, args, cpu, &server, verified)
+    let row = {
+        let t = tallies[0].borrow();
+        Row::from_tally(name, &connections.to_string(), &t, args, cpu, &server, verified)
+    };
+    with_store_costs(row, &server, redis_cpu).await
 }
 
 async fn w3(args: &Args) -> Row {
@@ -413,18 +596,21 @@ async fn w3(args: &Args) -> Row {
         sensors: ids(100),
         paced_by: None,
     };
-    let (tallies, _, cpu) = run_mix(args, &server, vec![(job, 32)]).await;
+    let (tallies, _, cpu, redis_cpu) = run_mix(args, &server, vec![(job, 32)]).await;
     let verified = verify(&server, &ids(100), 0, 1000).await;
-    let t = tallies[0].borrow();
-    Row::from_tally(
-        "W3 GET /statistics, 100 sensors",
-        "32",
-        &t,
-        args,
-        cpu,
-        &server,
-        verified,
-    )
+    let row = {
+        let t = tallies[0].borrow();
+        Row::from_tally(
+            "W3 GET /statistics, 100 sensors",
+            "32",
+            &t,
+            args,
+            cpu,
+            &server,
+            verified,
+        )
+    };
+    with_store_costs(row, &server, redis_cpu).await
 }
 
 async fn w4(args: &Args) -> Row {
@@ -437,28 +623,31 @@ async fn w4(args: &Args) -> Row {
         sensors: ids(10),
         paced_by: Some((Rc::default(), 9)),
     };
-    let (tallies, acked, cpu) = run_mix(args, &server, vec![(post, 16), (get, 4)]).await;
+    let (tallies, acked, cpu, redis_cpu) = run_mix(args, &server, vec![(post, 16), (get, 4)]).await;
     let verified = verify(&server, &ids(10), acked, 0).await;
-    let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
     let secs = args.duration.as_secs_f64();
-    Row {
-        requests_per_s: (p.requests + g.requests) as f64 / secs,
-        extra: format!(
-            "GET p50 {:.2} ms, p99 {:.2} ms; {:.1}% GET",
-            g.percentile(0.5),
-            g.percentile(0.99),
-            100.0 * g.requests as f64 / (p.requests + g.requests).max(1) as f64
-        ),
-        ..Row::from_tally(
-            "W4 mixed: 90% POST 100x10 hot, 10% GET",
-            "16+4",
-            &p,
-            args,
-            cpu,
-            &server,
-            verified,
-        )
-    }
+    let row = {
+        let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
+        Row {
+            requests_per_s: (p.requests + g.requests) as f64 / secs,
+            extra: format!(
+                "GET p50 {:.2} ms, p99 {:.2} ms; {:.1}% GET",
+                g.percentile(0.5),
+                g.percentile(0.99),
+                100.0 * g.requests as f64 / (p.requests + g.requests).max(1) as f64
+            ),
+            ..Row::from_tally(
+                "W4 mixed: 90% POST 100x10 hot, 10% GET",
+                "16+4",
+                &p,
+                args,
+                cpu,
+                &server,
+                verified,
+            )
+        }
+    };
+    with_store_costs(row, &server, redis_cpu).await
 }
 
 /// W2 traffic for the whole duration, no scraper; RSS sampled ten times.
@@ -482,7 +671,7 @@ async fn soak(args: &Args) -> Row {
         bodies: bodies(16, 1, 1),
         per_body: 1,
     };
-    let (tallies, acked, cpu) = run_mix(args, &server, vec![(job, 32)]).await;
+    let (tallies, acked, cpu, _) = run_mix(args, &server, vec![(job, 32)]).await;
     let verified = verify(&server, &ids(1), acked, 0).await;
     let samples = sampler.await.expect("sampler");
     let t = tallies[0].borrow();
@@ -550,6 +739,9 @@ async fn memory(args: &Args) -> Row {
         .to_owned();
     Row {
         name: "MEM 1M sensors, 16-byte ids",
+        store: args.store.clone(),
+        redis_cpu_s: 0.0,
+        requests_per_flush: 0.0,
         connections: "1".into(),
         requests_per_s: (SENSORS / PER_BATCH) as f64 / elapsed,
         measurements_per_s: SENSORS as f64 / elapsed,
@@ -568,7 +760,7 @@ async fn memory(args: &Args) -> Row {
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -576,17 +768,21 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let rows = local.block_on(&rt, async {
         let mut rows = Vec::new();
-        for w in &args.workloads {
-            eprintln!("running {w} ...");
-            rows.push(match w.as_str() {
-                "w1" => post_workload(&args, "W1 POST 1000 x 100 sensors", 1000, 100, 4).await,
-                "w2" => post_workload(&args, "W2 POST 1 measurement", 1, 1, 32).await,
-                "w3" => w3(&args).await,
-                "w4" => w4(&args).await,
-                "mem" => memory(&args).await,
-                "soak" => soak(&args).await,
-                other => panic!("unknown workload {other}"),
-            });
+        for w in args.workloads.clone() {
+            for store in args.stores.clone() {
+                args.store = store;
+                let args = &args;
+                eprintln!("running {w} ({}) ...", args.store);
+                rows.push(match w.as_str() {
+                    "w1" => post_workload(args, "W1 POST 1000 x 100 sensors", 1000, 100, 4).await,
+                    "w2" => post_workload(args, "W2 POST 1 measurement", 1, 1, 32).await,
+                    "w3" => w3(args).await,
+                    "w4" => w4(args).await,
+                    "mem" => memory(args).await,
+                    "soak" => soak(args).await,
+                    other => panic!("unknown workload {other}"),
+                });
+            }
         }
         rows
     });
@@ -598,19 +794,33 @@ fn main() {
         humantime::format_duration(args.warmup)
     );
     println!(
-        "| workload | conns | req/s | measurements/s | p50 ms | p99 ms | server CPU s | peak RSS MiB | GET check | notes |"
+        "| workload | store | conns | req/s | measurements/s | p50 ms | p99 ms | server CPU s | Redis CPU s per M meas | req/flush | peak RSS MiB | GET check | notes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let measured = r.measurements_per_s * args.duration.as_secs_f64();
+        let redis_per_m = if r.redis_cpu_s > 0.0 && measured > 0.0 {
+            format!("{:.2}", r.redis_cpu_s / measured * 1e6)
+        } else {
+            "-".into()
+        };
+        let per_flush = if r.requests_per_flush > 0.0 {
+            format!("{:.1}", r.requests_per_flush)
+        } else {
+            "-".into()
+        };
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {} |",
             r.name,
+            r.store,
             r.connections,
             r.requests_per_s,
             r.measurements_per_s,
             r.p50_ms,
             r.p99_ms,
             r.cpu_s,
+            redis_per_m,
+            per_flush,
             r.peak_rss_mib,
             r.verified,
             r.extra

@@ -13,6 +13,7 @@ need_packages=()
 command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
 command -v jq >/dev/null 2>&1 || need_packages+=(jq)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v nginx >/dev/null 2>&1 || need_packages+=(nginx)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_packages+=(python3-venv)
 if [ ${#need_packages[@]} -gt 0 ]; then
@@ -43,7 +44,11 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== tests (unit, property, integration over real sockets, real Prometheus, real Redis)"
 cargo nextest run --locked --no-fail-fast
 echo "== API suite again, every app backed by its own redis-server (--store redis)"
-SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api
+# The suites that choose their own store (replicas, balancer, outage, cluster) ran above.
+SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api \
+  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/))'
+echo "== deploy files (Kubernetes schemas, nginx config, compose files)"
+./scripts/check-deploy.sh
 echo "== the API from outside: OpenAPI 3.1 validation, schemathesis, /docs in headless Chromium"
 step=$(date +%s)
 ./scripts/api-check.sh target/debug/sensor-stats

@@ -2,6 +2,8 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+mod balancer;
+mod cluster;
 mod health;
 mod helpers;
 mod idempotency;
