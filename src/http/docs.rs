@@ -104,7 +104,12 @@ pub async fn get_docs_file(file: Result<Path<String>, PathRejection>) -> Respons
         .ok()
         .and_then(|Path(name)| FILES.iter().find(|f| f.name == name));
     let Some(file) = found else {
-        return error_response(StatusCode::NOT_FOUND, "not_found", "no such file under /docs", None);
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such file under /docs",
+            None,
+        );
     };
     page_headers(
         (
@@ -124,7 +129,10 @@ fn page_headers(mut response: Response) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(
         HeaderName::from_static("referrer-policy"),
         HeaderValue::from_static("no-referrer"),
@@ -149,7 +157,10 @@ mod tests {
                 .lines()
                 .find(|l| l.ends_with(&format!("  {}", file.name)))
                 .unwrap_or_else(|| panic!("{} is not in SHA256SUMS", file.name));
-            let digest: String = Sha256::digest(file.bytes).iter().map(|b| format!("{b:02x}")).collect();
+            let digest: String = Sha256::digest(file.bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             assert_eq!(&line[..64], digest, "{}", file.name);
             checked += 1;
         }

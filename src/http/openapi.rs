@@ -98,7 +98,11 @@ impl PartialSchema for Measurement {
                  fraction of 1 to 9 digits after `.` or `,`, an optional offset `Z`, `z`, `±HH:MM`, \
                  `±HHMM` or `±HH` (none: UTC). Dates and times that do not exist are rejected.",
             ))
-            .examples(["2021-11-08T21:38:09+00:00", "2021-11-08 21:38:09,5", "2021-11-09T21:38:09+0100"]);
+            .examples([
+                "2021-11-08T21:38:09+00:00",
+                "2021-11-08 21:38:09,5",
+                "2021-11-09T21:38:09+0100",
+            ]);
         let value = ObjectBuilder::new()
             .schema_type(Type::Number)
             .minimum(Some(-f64::MAX))
@@ -152,15 +156,25 @@ responses!(
                 .header(
                     "Idempotent-Replayed",
                     HeaderBuilder::new()
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["true"]))))
+                        .schema(Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .enum_values(Some(["true"]))
+                        ))
                         .description(Some(
                             "`true` when this answers a retry of a request already applied with the \
                              same `Idempotency-Key` and body: nothing was applied a second time.",
                         ))
                         .build(),
                 )
-                .link("GetFirstSensor", sensor_link("get_statistics", "$request.body#/0/sensor"))
-                .link("DeleteFirstSensor", sensor_link("delete_statistics", "$request.body#/0/sensor"))
+                .link(
+                    "GetFirstSensor",
+                    sensor_link("get_statistics", "$request.body#/0/sensor")
+                )
+                .link(
+                    "DeleteFirstSensor",
+                    sensor_link("delete_statistics", "$request.body#/0/sensor")
+                )
                 .build(),
         ),
         (
@@ -182,7 +196,11 @@ responses!(
                     ("not_an_array", decode_error(br#"{"sensor":"a"}"#)),
                     (
                         "idempotency_key",
-                        (ApiError::IdempotencyKey(crate::domain::IdempotencyKeyError::Character).to_string(), None),
+                        (
+                            ApiError::IdempotencyKey(crate::domain::IdempotencyKeyError::Character)
+                                .to_string(),
+                            None
+                        ),
                     ),
                 ],
             ),
@@ -192,7 +210,10 @@ responses!(
             error(
                 "The request (body upload included) took longer than the request timeout \
                  (30 s by default); nothing was applied.",
-                &[("timeout", ("request took too long and was cancelled".into(), None))],
+                &[(
+                    "timeout",
+                    ("request took too long and was cancelled".into(), None)
+                )],
             ),
         ),
         (
@@ -218,7 +239,10 @@ responses!(
                  than gzip, zstd or identity.",
                 &[(
                     "content_type",
-                    (ApiError::UnsupportedMediaType("text/plain".into()).to_string(), None),
+                    (
+                        ApiError::UnsupportedMediaType("text/plain".into()).to_string(),
+                        None
+                    ),
                 )],
             ),
         ),
@@ -250,8 +274,14 @@ responses!(
                     ContentBuilder::new()
                         .schema(Some(Ref::from_schema_name("Statistics")))
                         .examples_from_iter([
-                            ("unknown", example("An unknown sensor", sample("get_statistics_ex1.json"))),
-                            ("known", example("A known sensor", sample("get_statistics_ex2.json"))),
+                            (
+                                "unknown",
+                                example("An unknown sensor", sample("get_statistics_ex1.json"))
+                            ),
+                            (
+                                "known",
+                                example("A known sensor", sample("get_statistics_ex2.json"))
+                            ),
                         ])
                         .build(),
                 )
@@ -285,7 +315,12 @@ responses!(
     HealthzResponses,
     "Responses of `GET /healthz`.",
     vec![
-        (204, ResponseBuilder::new().description("Ready to take requests. No body.").build()),
+        (
+            204,
+            ResponseBuilder::new()
+                .description("Ready to take requests. No body.")
+                .build()
+        ),
         (
             503,
             with_retry_after(error(
@@ -318,7 +353,10 @@ responses!(
         200,
         ResponseBuilder::new()
             .description("This replica's metrics in the Prometheus text exposition format 0.0.4.")
-            .content("text/plain", text_content("# TYPE sensor_stats_ingest_measurements_total counter\n"))
+            .content(
+                "text/plain",
+                text_content("# TYPE sensor_stats_ingest_measurements_total counter\n")
+            )
             .build(),
     )]
 );
@@ -375,7 +413,10 @@ responses!(
         ),
         (
             404,
-            error("No such file.", &[("missing", ("no such file under /docs".into(), None))]),
+            error(
+                "No such file.",
+                &[("missing", ("no such file under /docs".into(), None))]
+            ),
         ),
     ]
 );
@@ -469,7 +510,10 @@ impl Modify for Finish {
             "NotFound".into(),
             error(
                 "No such route (any path the document does not list).",
-                &[("not_found", ("no such route; see the README for the API".into(), None))],
+                &[(
+                    "not_found",
+                    ("no such route; see the README for the API".into(), None),
+                )],
             )
             .into(),
         );
@@ -520,8 +564,17 @@ pub fn finish_paths(openapi: &mut utoipa::openapi::OpenApi) {
                 "two_sensors",
                 example("Two sensors, one offset", sample("post_data_ex1.json")),
             ),
-            ("one_sensor", example("Three measurements of one sensor", sample("post_data_ex2.json"))),
-            ("empty", example("The empty batch (accepted, changes nothing)", sample("post_data_ex3.json"))),
+            (
+                "one_sensor",
+                example("Three measurements of one sensor", sample("post_data_ex2.json")),
+            ),
+            (
+                "empty",
+                example(
+                    "The empty batch (accepted, changes nothing)",
+                    sample("post_data_ex3.json"),
+                ),
+            ),
         ])
         .build();
     let request_body = utoipa::openapi::request_body::RequestBodyBuilder::new()
@@ -632,7 +685,10 @@ fn store_unavailable() -> Response {
          same `Idempotency-Key` is always safe.",
         &[(
             "unavailable",
-            ("the statistics store is unavailable; retry after the Retry-After delay".into(), None),
+            (
+                "the statistics store is unavailable; retry after the Retry-After delay".into(),
+                None,
+            ),
         )],
     ))
 }

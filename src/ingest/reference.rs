@@ -341,10 +341,25 @@ mod tests {
             check_decode(format!("[{item}]").as_bytes());
             check_decode(format!("[{ok},{item},{ok}]").as_bytes());
         }
-        let long = format!(r#"[{{"sensor":"{}","timestamp":"2021-01-01T00:00:00Z","value":1}}]"#, "é".repeat(128));
+        let long = format!(
+            r#"[{{"sensor":"{}","timestamp":"2021-01-01T00:00:00Z","value":1}}]"#,
+            "é".repeat(128)
+        );
         check_decode(long.as_bytes());
         check_decode(long.replace("é\"", "éx\"").as_bytes());
-        for body in ["", " ", "[", "{}", r#""x""#, "null", "[1,]", "nope", "[{\"sensor\":}]", "[]x", " [ ] "] {
+        for body in [
+            "",
+            " ",
+            "[",
+            "{}",
+            r#""x""#,
+            "null",
+            "[1,]",
+            "nope",
+            "[{\"sensor\":}]",
+            "[]x",
+            " [ ] ",
+        ] {
             check_decode(body.as_bytes());
         }
     }

@@ -41,7 +41,12 @@ async fn openapi_json_is_an_openapi_3_1_document_of_every_route() {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |m| format!("{m} {path}")))
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{m} {path}"))
+        })
         .collect();
     assert_eq!(
         operations,
@@ -64,7 +69,11 @@ async fn every_status_of_the_contract_is_documented_with_the_error_schema() {
     let app = spawn_app().await;
     let doc = document(&app).await;
     let expected = [
-        ("/data", "post", &["204", "400", "408", "409", "413", "415", "422", "503"][..]),
+        (
+            "/data",
+            "post",
+            &["204", "400", "408", "409", "413", "415", "422", "503"][..],
+        ),
         ("/statistics/{sensor}", "get", &["200", "400", "503"]),
         ("/statistics/{sensor}", "delete", &["204", "400", "503"]),
         ("/healthz", "get", &["204", "503"]),
@@ -81,7 +90,10 @@ async fn every_status_of_the_contract_is_documented_with_the_error_schema() {
                 "{method} {path} {code}"
             );
             if *code == "503" {
-                assert!(response["headers"]["Retry-After"].is_object(), "{method} {path} 503");
+                assert!(
+                    response["headers"]["Retry-After"].is_object(),
+                    "{method} {path} 503"
+                );
             }
         }
     }
@@ -95,7 +107,10 @@ async fn every_status_of_the_contract_is_documented_with_the_error_schema() {
     assert!(doc["components"]["responses"]["MethodNotAllowed"]["headers"]["Allow"].is_object());
     let error = &doc["components"]["schemas"]["Error"];
     assert_eq!(error["required"], serde_json::json!(["error", "index"]));
-    assert_eq!(error["properties"]["index"]["type"], serde_json::json!(["integer", "null"]));
+    assert_eq!(
+        error["properties"]["index"]["type"],
+        serde_json::json!(["integer", "null"])
+    );
 }
 
 #[tokio::test]
@@ -132,7 +147,8 @@ async fn the_examples_are_the_samples_and_the_server_accepts_them() {
     for example in &examples {
         app.post_data(example.to_string(), StatusCode::NO_CONTENT).await;
     }
-    let read = &doc["paths"]["/statistics/{sensor}"]["get"]["responses"]["200"]["content"]["application/json"];
+    let read =
+        &doc["paths"]["/statistics/{sensor}"]["get"]["responses"]["200"]["content"]["application/json"];
     let reads: Vec<Value> = read["examples"]
         .as_object()
         .unwrap()
@@ -149,7 +165,8 @@ async fn the_examples_are_the_samples_and_the_server_accepts_them() {
 async fn the_documented_400_examples_are_what_the_server_answers() {
     let app = spawn_app().await;
     let doc = document(&app).await;
-    let examples = &doc["paths"]["/data"]["post"]["responses"]["400"]["content"]["application/json"]["examples"];
+    let examples =
+        &doc["paths"]["/data"]["post"]["responses"]["400"]["content"]["application/json"]["examples"];
     let reply = app
         .post_data(
             r#"[{"sensor":"a","timestamp":"2021-11-08T21:38:09Z","value":1},
@@ -183,7 +200,12 @@ async fn avg_is_null_as_documented_when_the_sum_overflows() {
 async fn docs_page_and_its_files_come_from_the_binary_and_name_no_other_origin() {
     let app = spawn_app().await;
     let page = app.request(Method::GET, "/docs", &[], "", StatusCode::OK).await;
-    assert!(page.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        page.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let csp = page.headers["content-security-policy"].to_str().unwrap();
     assert!(csp.starts_with("default-src 'none'"), "{csp}");
     assert!(csp.contains("connect-src 'self'"), "{csp}");
@@ -194,15 +216,30 @@ async fn docs_page_and_its_files_come_from_the_binary_and_name_no_other_origin()
         .collect();
     assert!(!links.is_empty());
     for link in links {
-        assert!(link.starts_with('/') && !link.starts_with("//"), "{link} leaves the origin");
+        assert!(
+            link.starts_with('/') && !link.starts_with("//"),
+            "{link} leaves the origin"
+        );
     }
 
     let root = env!("CARGO_MANIFEST_DIR");
     for (file, content_type, on_disk) in [
         ("swagger-ui.css", "text/css", "assets/swagger-ui/swagger-ui.css"),
-        ("swagger-ui-bundle.js", "text/javascript", "assets/swagger-ui/swagger-ui-bundle.js"),
-        ("swagger-initializer.js", "text/javascript", "src/http/docs/swagger-initializer.js"),
-        ("favicon-32x32.png", "image/png", "assets/swagger-ui/favicon-32x32.png"),
+        (
+            "swagger-ui-bundle.js",
+            "text/javascript",
+            "assets/swagger-ui/swagger-ui-bundle.js",
+        ),
+        (
+            "swagger-initializer.js",
+            "text/javascript",
+            "src/http/docs/swagger-initializer.js",
+        ),
+        (
+            "favicon-32x32.png",
+            "image/png",
+            "assets/swagger-ui/favicon-32x32.png",
+        ),
     ] {
         let reply = app
             .request(Method::GET, &format!("/docs/{file}"), &[], "", StatusCode::OK)
@@ -214,9 +251,14 @@ async fn docs_page_and_its_files_come_from_the_binary_and_name_no_other_origin()
                 .starts_with(content_type),
             "{file}"
         );
-        assert_eq!(reply.body, std::fs::read(format!("{root}/{on_disk}")).unwrap(), "{file}");
+        assert_eq!(
+            reply.body,
+            std::fs::read(format!("{root}/{on_disk}")).unwrap(),
+            "{file}"
+        );
     }
-    let initializer = std::fs::read_to_string(format!("{root}/src/http/docs/swagger-initializer.js")).unwrap();
+    let initializer =
+        std::fs::read_to_string(format!("{root}/src/http/docs/swagger-initializer.js")).unwrap();
     assert!(initializer.contains("url: \"/openapi.json\""));
     assert!(initializer.contains("validatorUrl: null"));
 
