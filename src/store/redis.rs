@@ -80,6 +80,8 @@ pub struct RedisSettings {
     pub pending_ttl: Duration,
     /// `--idempotency-ttl`.
     pub idempotency_ttl: Duration,
+    /// `--max-sensors` (0: none).
+    pub max_sensors: u64,
 }
 
 impl RedisSettings {
@@ -101,6 +103,7 @@ impl RedisSettings {
             timeout: config.redis_timeout,
             pending_ttl: config.request_timeout,
             idempotency_ttl: config.idempotency_ttl,
+            max_sensors: config.max_sensors.map_or(0, std::num::NonZeroU64::get),
         })
     }
 }
@@ -119,6 +122,7 @@ struct Shared {
     timeout: Duration,
     pending_ttl: Duration,
     idempotency_ttl: Duration,
+    max_sensors: u64,
     /// The last ping succeeded.
     up: AtomicBool,
     /// The data's bucket count matches ours (checked once per process).
@@ -168,6 +172,7 @@ impl RedisStore {
             timeout: settings.timeout,
             pending_ttl: settings.pending_ttl,
             idempotency_ttl: settings.idempotency_ttl,
+            max_sensors: settings.max_sensors,
             up: AtomicBool::new(false),
             layout_ok: AtomicBool::new(false),
             metrics,
@@ -519,10 +524,13 @@ async fn run_flusher(shared: Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
         }
         shared.metrics.flush(jobs.len());
         match flush(&shared, &jobs, updates).await {
-            Ok(skipped) => {
+            Ok((skipped, refused)) => {
                 for (n, job) in jobs.drain(..).enumerate() {
-                    let result = if skipped.contains(&(n as i64 + 1)) {
+                    let position = n as i64 + 1;
+                    let result = if skipped.contains(&position) {
                         Err(StoreError::ClaimLost)
+                    } else if refused.contains(&position) {
+                        Err(StoreError::SensorCap(shared.max_sensors))
                     } else {
                         Ok(())
                     };
@@ -545,8 +553,9 @@ async fn run_flusher(shared: Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
     }
 }
 
-/// One `EVALSHA` of `apply.lua` carrying `jobs`; the positions of skipped jobs.
-async fn flush(shared: &Shared, jobs: &[Job], updates: usize) -> Result<Vec<i64>, StoreError> {
+/// One `EVALSHA` of `apply.lua` carrying `jobs`; the positions of the jobs skipped for a
+/// lost claim and of those refused for the sensor cap.
+async fn flush(shared: &Shared, jobs: &[Job], updates: usize) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
     let buckets = shared.bucket_keys.len();
     let idempotent = jobs.iter().filter(|j| j.completion.is_some()).count();
     let mut cmd = redis::cmd("EVALSHA");
@@ -559,7 +568,7 @@ async fn flush(shared: &Shared, jobs: &[Job], updates: usize) -> Result<Vec<i64>
             cmd.arg(key);
         }
     }
-    cmd.arg(jobs.len());
+    cmd.arg(jobs.len()).arg(shared.max_sensors).arg(buckets);
     let ttl = millis(shared.idempotency_ttl);
     let mut next_idem = buckets;
     let mut sum = ryu::Buffer::new();
@@ -591,7 +600,7 @@ async fn flush(shared: &Shared, jobs: &[Job], updates: usize) -> Result<Vec<i64>
     }
     let deadline = shared.timeout + PER_UPDATE_ALLOWANCE * u32::try_from(updates).unwrap_or(u32::MAX);
     shared
-        .call_script::<Vec<i64>>(StoreOp::Apply, &APPLY, &cmd, deadline)
+        .call_script::<(Vec<i64>, Vec<i64>)>(StoreOp::Apply, &APPLY, &cmd, deadline)
         .await
         .map_err(write_error)
 }
