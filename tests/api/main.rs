@@ -2,14 +2,18 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+mod access;
 mod health;
 mod helpers;
 mod idempotency;
 mod ingest;
 mod metrics;
+mod overload;
 mod prometheus;
+mod reload;
 mod replicas;
 mod routes;
 mod shutdown;
 mod statistics;
 mod store_outage;
+mod tls;
