@@ -10,7 +10,7 @@ mod redis;
 use std::{sync::Arc, time::Duration};
 
 pub use memory::MemoryStore;
-pub use redis::{RedisSettings, RedisStore};
+pub use redis::{RedisSettings, RedisStore, Target};
 use tokio_util::sync::CancellationToken;
 
 pub use self::idempotency::Claims;
@@ -21,8 +21,9 @@ use crate::{
 };
 
 /// Why a store operation failed. Every variant is answered 503 with `Retry-After`,
-/// except [`StoreError::ClaimLost`] (409) and [`StoreError::SensorCap`] (507).
-#[derive(Debug, thiserror::Error)]
+/// except [`StoreError::ClaimLost`] (409), [`StoreError::KeyReused`] (422) and
+/// [`StoreError::SensorCap`] (507).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached; nothing was applied.
     #[error("the statistics store cannot be reached ({0}); nothing was applied, retry later")]
@@ -39,6 +40,13 @@ pub enum StoreError {
          timeout); nothing was applied, retry with the same key"
     )]
     ClaimLost,
+    /// Redis Cluster: a shard holds this Idempotency-Key's marker from an earlier
+    /// attempt with another body.
+    #[error(
+        "this Idempotency-Key was already used with a different request body; the parts \
+         applied under it stay, nothing of this body was applied where they are"
+    )]
+    KeyReused,
     /// The batch would make the store track more sensors than `--max-sensors`; nothing
     /// of it was applied.
     #[error(
@@ -122,7 +130,7 @@ impl Store {
                 config.idempotency_ttl,
                 config.max_sensors.map(std::num::NonZeroU64::get),
             )),
-            StoreKind::Redis => {
+            StoreKind::Redis | StoreKind::RedisCluster => {
                 let settings = RedisSettings::from_config(config)?;
                 Ok(Self::Redis(Arc::new(RedisStore::new(settings, metrics)?)))
             }

@@ -3,6 +3,8 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod access;
+mod balancer;
+mod cluster;
 mod health;
 mod helpers;
 mod idempotency;
