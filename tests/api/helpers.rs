@@ -35,6 +35,8 @@ pub struct TestApp {
     /// The Redis this app uses in redis mode, kept alive as long as the app.
     #[expect(dead_code, reason = "held for its lifetime, not read")]
     redis: Option<Arc<RedisServer>>,
+    /// The Redis Cluster this app uses in redis-cluster mode, kept alive as long as the app.
+    cluster: Option<Arc<crate::cluster::RedisCluster>>,
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     /// `https` when the app serves TLS.
@@ -92,9 +94,31 @@ pub fn redis_mode() -> bool {
     std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "redis")
 }
 
+/// Whether the suite runs against a Redis Cluster: `SENSOR_STATS_TEST_STORE=redis-cluster`.
+pub fn cluster_mode() -> bool {
+    std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "redis-cluster")
+}
+
 /// An app on 127.0.0.1:0 in the suite's store mode (its own fresh `redis-server` in redis
 /// mode), ready to serve when this returns.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    if cluster_mode() {
+        let cluster = Arc::new(
+            tokio::task::spawn_blocking(crate::cluster::RedisCluster::start)
+                .await
+                .unwrap(),
+        );
+        let url = cluster.url();
+        let mut app = spawn_app_unready(None, |c| {
+            c.store = StoreKind::RedisCluster;
+            c.redis_url = Some(RedisUrl(url));
+            configure(c);
+        })
+        .await;
+        app.cluster = Some(cluster);
+        app.wait_ready(Duration::from_secs(15)).await;
+        return app;
+    }
     let redis = redis_mode().then(|| Arc::new(RedisServer::start()));
     spawn_app_on(redis, configure).await
 }
@@ -138,6 +162,7 @@ pub async fn spawn_app_unready(
     }));
     TestApp {
         redis,
+        cluster: None,
         addr,
         client: reqwest::Client::builder()
             .no_proxy()
