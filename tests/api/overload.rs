@@ -79,7 +79,7 @@ async fn past_max_in_flight_requests_get_503_at_once_and_the_service_recovers() 
         )
         .await;
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(2),
         "took {:?}",
         started.elapsed()
     );
@@ -183,7 +183,7 @@ async fn past_max_connections_new_connections_are_closed_at_once_and_counted() {
     // readiness check) idles out first.
     let app = spawn_app_with(|c| {
         c.max_connections = NonZeroUsize::new(2);
-        c.idle_timeout = Duration::from_millis(500);
+        c.idle_timeout = Duration::from_secs(2);
     })
     .await;
     eventually(
@@ -213,7 +213,7 @@ async fn past_max_connections_new_connections_are_closed_at_once_and_counted() {
 
     // Assert: closed at once, without an answer; the two others still work.
     assert!(refused.is_err(), "{refused:?}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(a.get("/livez").await.unwrap().0, 204);
     drop(a);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -227,18 +227,18 @@ async fn past_max_connections_new_connections_are_closed_at_once_and_counted() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
-    let app = spawn_app_with(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.idle_timeout = Duration::from_secs(1)).await;
     let mut idle = Connection::open(&app).await;
     let mut busy = Connection::open(&app).await;
     assert_eq!(idle.get("/livez").await.unwrap().0, 204);
 
-    // The busy one sends a request every 100 ms for a second: never 300 ms quiet.
-    for _ in 0..10 {
+    // The busy one sends a request every 100 ms for 2.5 s: never a second quiet.
+    for _ in 0..25 {
         assert_eq!(busy.get("/livez").await.unwrap().0, 204);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        idle.closed_within(Duration::from_secs(2)).await,
+        idle.closed_within(Duration::from_secs(3)).await,
         "idle connection still open"
     );
     let (_, text) = busy.get("/metrics").await.unwrap();
