@@ -47,6 +47,9 @@ echo "== API suite again, every app backed by its own redis-server (--store redi
 # The suites that choose their own store (replicas, balancer, outage, cluster) ran above.
 SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api \
   -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/))'
+echo "== API suite again, every app on its own 3-master/3-replica Redis Cluster (--store redis-cluster)"
+SENSOR_STATS_TEST_STORE=redis-cluster cargo nextest run --locked --no-fail-fast --test api \
+  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/))'
 echo "== deploy files (Kubernetes schemas, nginx config, compose files)"
 ./scripts/check-deploy.sh
 echo "== the API from outside: OpenAPI 3.1 validation, schemathesis, /docs in headless Chromium"

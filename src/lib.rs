@@ -13,13 +13,20 @@
 //! - [`app`]: binds the listener, serves connections, runs shutdown. The only place
 //!   that wires modules together.
 //! - Leaves anyone may use: [`config`] (flags and env), [`telemetry`] (logs),
-//!   [`metrics`] (every metric name), [`shutdown`] (signals), [`state`] (handler state).
+//!   [`metrics`] (every metric name), [`shutdown`] (signals), [`state`] (handler state),
+//!   [`limits`] (in-flight and connection ceilings), [`reload`] (SIGHUP and file
+//!   changes).
+//! - [`access`]: API keys: the keys file, the keyring requests are checked against,
+//!   `sensor-stats keys new`. [`tls`]: the rustls configuration with a reloadable
+//!   certificate. Neither knows HTTP; `http::access` applies them to routes.
 //! - [`healthcheck`]: the `sensor-stats healthcheck` probe used by the container.
 //! - [`workload`]: deterministic request bodies for benches and the load test.
 //!
 //! Everything but `domain`, `ingest` and `workload` sits behind the default `server`
 //! feature, so the fuzz targets (`fuzz/`) build only the code they exercise.
 
+#[cfg(feature = "server")]
+pub mod access;
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
@@ -31,7 +38,11 @@ pub mod healthcheck;
 pub mod http;
 pub mod ingest;
 #[cfg(feature = "server")]
+pub mod limits;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod reload;
 #[cfg(feature = "server")]
 pub mod shutdown;
 #[cfg(feature = "server")]
@@ -40,6 +51,8 @@ pub mod state;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod tls;
 pub mod workload;
 
 #[cfg(feature = "server")]
