@@ -591,7 +591,115 @@ pub fn finish_paths(openapi: &mut utoipa::openapi::OpenApi) {
 /// The document of `routes` (from `http::routes`), complete.
 pub fn document(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     finish_paths(&mut openapi);
+    add_access(&mut openapi);
     openapi
+}
+
+/// API keys (`--api-keys-file`): the bearer scheme, each operation's scope (optional:
+/// without keys configured the API is open, hence the empty alternative), 401 and 403,
+/// the sensor cap's 507, and the overload 503 of the documentation routes (the data
+/// routes' 503 says it already; the probes and /metrics are never shed).
+fn add_access(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+
+    use crate::{access::Scope, metrics::AuthFailure};
+
+    let components = openapi.components.get_or_insert_with(Components::new);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "API keys, when the server runs with `--api-keys-file`: \
+                     `Authorization: Bearer <token>`. Each key has scopes: `ingest` (POST /data), \
+                     `read` (GET /statistics), `delete` (DELETE /statistics), `metrics` \
+                     (GET /metrics, unless `--metrics-public`). Without keys the API is open.",
+                ))
+                .build(),
+        ),
+    );
+    let protected = [
+        ("/data", Scope::Ingest),
+        ("/statistics/{sensor}", Scope::Read),
+        ("/statistics/{sensor}", Scope::Delete),
+        ("/metrics", Scope::Metrics),
+    ];
+    for (path, scope) in protected {
+        let Some(item) = openapi.paths.paths.get_mut(path) else {
+            continue;
+        };
+        let operation = match scope {
+            Scope::Ingest => item.post.as_mut(),
+            Scope::Read | Scope::Metrics => item.get.as_mut(),
+            Scope::Delete => item.delete.as_mut(),
+        };
+        let Some(operation) = operation else {
+            continue;
+        };
+        operation.security = Some(vec![
+            SecurityRequirement::new("bearer", [scope.to_string()]),
+            SecurityRequirement::default(),
+        ]);
+        let mut unauthorized = error(
+            "With API keys: no token, a malformed `Authorization` header or an unknown token. \
+             Nothing was applied.",
+            &[(
+                "missing",
+                (ApiError::Unauthorized(AuthFailure::Missing).to_string(), None),
+            )],
+        );
+        unauthorized.headers.insert(
+            "WWW-Authenticate".into(),
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .description(Some(crate::http::error::WWW_AUTHENTICATE))
+                .build()
+                .into(),
+        );
+        let forbidden = error(
+            "With API keys: a known key without this route's scope. Nothing was applied.",
+            &[(
+                "no_scope",
+                (
+                    ApiError::Forbidden {
+                        key: "dashboard".into(),
+                        scope,
+                    }
+                    .to_string(),
+                    None,
+                ),
+            )],
+        );
+        let responses = &mut operation.responses.responses;
+        responses.insert("401".into(), unauthorized.into());
+        responses.insert("403".into(), forbidden.into());
+        if scope == Scope::Ingest {
+            let cap = crate::store::StoreError::SensorCap(1_000_000);
+            responses.insert(
+                "507".into(),
+                error(
+                    "With `--max-sensors`: the batch would make the store track more sensors \
+                     than the cap; refused whole (known sensors keep taking measurements).",
+                    &[("sensor_cap", (ApiError::Store(cap).to_string(), None))],
+                )
+                .into(),
+            );
+        }
+    }
+    for path in ["/openapi.json", "/docs", "/docs/{file}"] {
+        if let Some(operation) = openapi.paths.paths.get_mut(path).and_then(|i| i.get.as_mut()) {
+            let overloaded = with_retry_after(error(
+                "The server is serving as many requests as `--max-in-flight` allows; retry \
+                 after `Retry-After`.",
+                &[("overloaded", (ApiError::Overloaded(1024).to_string(), None))],
+            ));
+            operation
+                .responses
+                .responses
+                .insert("503".into(), overloaded.into());
+        }
+    }
 }
 
 /// A sample file as JSON; the samples are part of the source tree, so a broken one
@@ -680,9 +788,10 @@ fn with_retry_after(mut response: Response) -> Response {
 
 fn store_unavailable() -> Response {
     with_retry_after(error(
-        "The shared store could not be reached in time (`--store redis`). Nothing was applied, \
-         unless the error says the store failed while applying the batch; a retry with the \
-         same `Idempotency-Key` is always safe.",
+        "The shared store could not be reached in time (`--store redis`): nothing was applied, \
+         unless the error says the store failed while applying the batch, and a retry with \
+         the same `Idempotency-Key` is always safe. Or the server is overloaded (past \
+         `--max-in-flight`): refused at once, nothing applied.",
         &[(
             "unavailable",
             (

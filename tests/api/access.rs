@@ -218,6 +218,16 @@ async fn probes_are_always_open_and_other_routes_are_not_revealed_to_strangers()
 }
 
 #[tokio::test]
+async fn the_api_document_and_the_docs_page_are_open_with_api_keys() {
+    let keys = KeysFile::new(&KEYS);
+    let app = keyed_app(&keys, |_| {}).await;
+    for path in ["/openapi.json", "/docs", "/docs/swagger-ui.css"] {
+        call(&app, Method::GET, path, None, StatusCode::OK).await;
+    }
+    call(&app, Method::GET, "/docs/nope", None, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test]
 async fn metrics_public_serves_metrics_without_a_token_and_keeps_the_rest_closed() {
     let keys = KeysFile::new(&KEYS);
     let app = keyed_app(&keys, |c| c.metrics_public = true).await;

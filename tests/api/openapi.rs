@@ -72,14 +72,24 @@ async fn every_status_of_the_contract_is_documented_with_the_error_schema() {
         (
             "/data",
             "post",
-            &["204", "400", "408", "409", "413", "415", "422", "503"][..],
+            &[
+                "204", "400", "401", "403", "408", "409", "413", "415", "422", "503", "507",
+            ][..],
         ),
-        ("/statistics/{sensor}", "get", &["200", "400", "503"]),
-        ("/statistics/{sensor}", "delete", &["204", "400", "503"]),
+        (
+            "/statistics/{sensor}",
+            "get",
+            &["200", "400", "401", "403", "503"],
+        ),
+        (
+            "/statistics/{sensor}",
+            "delete",
+            &["204", "400", "401", "403", "503"],
+        ),
         ("/healthz", "get", &["204", "503"]),
         ("/livez", "get", &["204"]),
-        ("/metrics", "get", &["200"]),
-        ("/docs/{file}", "get", &["200", "404"]),
+        ("/metrics", "get", &["200", "401", "403"]),
+        ("/docs/{file}", "get", &["200", "404", "503"]),
     ];
     for (path, method, codes) in expected {
         assert_eq!(statuses(&doc, path, method), set(codes), "{method} {path}");
@@ -105,6 +115,25 @@ async fn every_status_of_the_contract_is_documented_with_the_error_schema() {
         );
     }
     assert!(doc["components"]["responses"]["MethodNotAllowed"]["headers"]["Allow"].is_object());
+    // API keys: optional bearer auth with the route's scope, 401 with WWW-Authenticate.
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    for (path, method, scope) in [
+        ("/data", "post", "ingest"),
+        ("/statistics/{sensor}", "get", "read"),
+        ("/statistics/{sensor}", "delete", "delete"),
+        ("/metrics", "get", "metrics"),
+    ] {
+        let operation = &doc["paths"][path][method];
+        assert_eq!(
+            operation["security"],
+            serde_json::json!([{ "bearer": [scope] }, {}]),
+            "{method} {path}"
+        );
+        assert!(operation["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
+    }
+    for path in ["/healthz", "/livez", "/openapi.json", "/docs", "/docs/{file}"] {
+        assert!(doc["paths"][path]["get"]["security"].is_null(), "{path} is open");
+    }
     let error = &doc["components"]["schemas"]["Error"];
     assert_eq!(error["required"], serde_json::json!(["error", "index"]));
     assert_eq!(
