@@ -5,12 +5,17 @@
 //! axum 0.8's server leaves open: a header-read timer (and a first-byte timer for clients
 //! that connect and say nothing), and a drain with a deadline.
 //!
+//! Start-up: the listener serves at once, `/healthz` answers 503 until the store has
+//! started (a durable store reads its data dir back first); if that fails, `run_until`
+//! returns the error.
+//!
 //! Shutdown, when the future given to [`App::run_until`] resolves:
 //! 1. `/healthz` answers 503 and responses carry `Connection: close`, while the listener
 //!    keeps accepting for the configured grace period (load balancers notice and stop);
 //! 2. the listener closes; idle connections close at once, busy ones after their current
 //!    response; after the drain deadline the rest are closed;
-//! 3. background tasks stop and `run_until` returns.
+//! 3. background tasks stop, the store shuts down (a durable store writes a last
+//!    snapshot and closes its log) and `run_until` returns.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -88,21 +93,62 @@ impl App {
         Arc::clone(&self.state.lifecycle)
     }
 
+    /// The store handle (tests look into the durable store through it).
+    pub fn store(&self) -> Store {
+        self.state.store.clone()
+    }
+
     /// Serves until `shutdown` resolves, then drains (see the module docs) and returns.
     ///
     /// # Errors
-    /// Only for failures of the server itself; request errors are answered, not returned.
+    /// When the store cannot start (a data dir that cannot be read back), and failures of
+    /// the server itself; request errors are answered, not returned.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let background = CancellationToken::new();
         let background_tasks = TaskTracker::new();
         background_tasks.spawn(upkeep(Arc::clone(&self.state.metrics), background.clone()));
-        background_tasks.spawn(self.state.store.clone().run_upkeep(background.clone()));
 
         let server = Server::new(&self.config, self.router.clone());
-        self.state.lifecycle.set_ready();
         tracing::info!(addr = %self.local_addr, "listening");
-
-        server.accept_until(&self.listener, shutdown).await;
+        let starting = {
+            let store = self.state.store.clone();
+            let lifecycle = Arc::clone(&self.state.lifecycle);
+            let tasks = background_tasks.clone();
+            let stop = background.clone();
+            tokio::spawn(async move {
+                store.start().await?;
+                tasks.spawn(store.run_upkeep(stop));
+                lifecycle.set_ready();
+                anyhow::Ok(())
+            })
+        };
+        let mut start_error = None;
+        {
+            let failed = async {
+                match starting.await {
+                    Ok(Ok(())) => std::future::pending().await,
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::Error::new(e).context("start-up task failed"),
+                }
+            };
+            server
+                .accept_until(&self.listener, async {
+                    tokio::select! {
+                        () = shutdown => {}
+                        e = failed => start_error = Some(e),
+                    }
+                })
+                .await;
+        }
+        if let Some(e) = start_error {
+            tracing::error!(error = format!("{e:#}"), "start-up failed; stopping");
+            drop(self.listener);
+            server.drain(Duration::ZERO).await;
+            background.cancel();
+            background_tasks.close();
+            background_tasks.wait().await;
+            return Err(e);
+        }
 
         self.state.lifecycle.start_draining();
         if !self.config.shutdown_grace.is_zero() {
@@ -117,6 +163,7 @@ impl App {
         background.cancel();
         background_tasks.close();
         background_tasks.wait().await;
+        self.state.store.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     }

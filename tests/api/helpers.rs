@@ -13,6 +13,7 @@ use sensor_stats::{
     App, Config,
     config::{RedisUrl, StoreKind},
     state::Lifecycle,
+    store::Store,
     telemetry,
 };
 use serde_json::Value;
@@ -32,6 +33,10 @@ pub struct TestApp {
     /// The Redis this app uses in redis mode, kept alive as long as the app.
     #[expect(dead_code, reason = "held for its lifetime, not read")]
     redis: Option<Arc<RedisServer>>,
+    /// The data dir this app uses in durable mode, removed with the app.
+    #[expect(dead_code, reason = "held for its lifetime, not read")]
+    data_dir: Option<tempfile::TempDir>,
+    pub store: Store,
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub lifecycle: Arc<Lifecycle>,
@@ -85,6 +90,12 @@ pub fn redis_mode() -> bool {
     std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "redis")
 }
 
+/// Whether the suite runs with a data dir: `SENSOR_STATS_TEST_STORE=durable` gives every
+/// memory-store app its own temporary `--data-dir`.
+pub fn durable_mode() -> bool {
+    std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "durable")
+}
+
 /// An app on 127.0.0.1:0 in the suite's store mode (its own fresh `redis-server` in redis
 /// mode), ready to serve when this returns.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
@@ -114,6 +125,8 @@ pub async fn spawn_app_unready(
         config.store = StoreKind::Redis;
         config.redis_url = Some(RedisUrl(r.url()));
     }
+    let data_dir = (redis.is_none() && durable_mode()).then(|| tempfile::tempdir().expect("temp dir"));
+    config.data_dir = data_dir.as_ref().map(|d| d.path().to_owned());
     configure(&mut config);
     let listener = TcpListener::bind((config.host, 0))
         .await
@@ -121,12 +134,15 @@ pub async fn spawn_app_unready(
     let app = App::build_with_listener(config, listener).expect("app builds");
     let addr = app.local_addr();
     let lifecycle = app.lifecycle();
+    let store = app.store();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
         redis,
+        data_dir,
+        store,
         addr,
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
         lifecycle,
