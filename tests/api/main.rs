@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+mod balancer;
 mod durability;
 mod health;
 mod helpers;

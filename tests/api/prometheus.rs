@@ -1,7 +1,9 @@
 //! The observability files against the real tools: every expression of the Grafana
-//! dashboard must parse and return data in a real Prometheus that scrapes the real app,
+//! dashboard must parse and return data in a real Prometheus that scrapes the real app
+//! (with `--store redis` on a real `redis-server`, so the Store row has data too),
 //! `deploy/prometheus.yml` must pass `promtool check config`, and `grafana/check.sh` must
-//! pass. Needs `prometheus`, `promtool` and `jq` on PATH: `scripts/test.sh` installs them.
+//! pass. Needs `prometheus`, `promtool`, `jq` and `redis-server` on PATH:
+//! `scripts/test.sh` installs them.
 
 use std::{
     fmt::Write as _,
@@ -19,7 +21,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{TestApp, measurement, sample, spawn_app};
+use crate::helpers::{RedisServer, TestApp, measurement, sample, spawn_app_on};
 
 /// The whole dashboard test must end well inside a minute, whatever hangs.
 const TEST_BUDGET: Duration = Duration::from_secs(50);
@@ -33,7 +35,8 @@ const MIN_SCRAPES: f64 = 3.0;
 /// covers several scrapes with room for a late one.
 const RATE_INTERVAL: &str = "10s";
 const JOB: &str = "sensor-stats";
-const INSTALL_HINT: &str = "run scripts/test.sh, which installs prometheus, promtool and jq from Debian";
+const INSTALL_HINT: &str =
+    "run scripts/test.sh, which installs prometheus, promtool, jq and redis-server from Debian";
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -50,8 +53,11 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
 }
 
 async fn dashboard_against_prometheus() {
-    // Arrange: the app, traffic of every kind, and a Prometheus scraping the app every second.
-    let app = spawn_app().await;
+    // Arrange: the app on a shared Redis whatever SENSOR_STATS_TEST_STORE says (the memory
+    // store makes no store calls and no flushes, so the Store row's latency and flush
+    // panels would be NaN), traffic of every kind, and a Prometheus scraping the app
+    // every second.
+    let app = spawn_app_on(Some(Arc::new(RedisServer::start())), |_| {}).await;
     let traffic = Traffic::start(&app);
     let prometheus = Prometheus::start(&app).await;
     prometheus.wait_for_scrapes(MIN_SCRAPES).await;
@@ -77,6 +83,15 @@ async fn dashboard_against_prometheus() {
             ));
         }
     }
+    // A panel passes with one series that has data; the traffic must also reach every
+    // series the Store row draws, or most of that row would be checked against nothing.
+    for promql in traffic_coverage() {
+        if let Err(why) = prometheus.is_positive(&promql).await {
+            failures.push(format!(
+                "traffic coverage: the test traffic should have made this positive\n    sent:  {promql}\n    error: {why}"
+            ));
+        }
+    }
     let rounds = traffic.stop().await;
 
     // Assert
@@ -84,7 +99,7 @@ async fn dashboard_against_prometheus() {
     assert!(checked >= 16, "only {checked} expressions found in the dashboard");
     assert!(
         failures.is_empty(),
-        "{} of {checked} dashboard queries failed against Prometheus:\n\n{}\n\nPrometheus log:\n{}",
+        "{} failures ({checked} dashboard queries and the traffic coverage) against Prometheus:\n\n{}\n\nPrometheus log:\n{}",
         failures.len(),
         failures.join("\n\n"),
         prometheus.log_tail()
@@ -265,6 +280,100 @@ fn metric_names_used(dashboard: &Value) -> Vec<(String, String)> {
 
 // ---------------------------------------------------------------------------- traffic
 
+/// One request of a round and the status it must get.
+struct Call {
+    method: Method,
+    path: &'static str,
+    content_type: Option<&'static str>,
+    idempotency_key: Option<String>,
+    body: String,
+    expected: StatusCode,
+}
+
+impl Call {
+    fn new(method: Method, path: &'static str, body: &str, expected: StatusCode) -> Self {
+        Self {
+            method,
+            path,
+            content_type: None,
+            idempotency_key: None,
+            body: body.to_owned(),
+            expected,
+        }
+    }
+
+    fn json(mut self) -> Self {
+        self.content_type = Some("application/json");
+        self
+    }
+
+    fn content_type(mut self, content_type: &'static str) -> Self {
+        self.content_type = Some(content_type);
+        self
+    }
+
+    fn idempotency_key(mut self, key: &str) -> Self {
+        self.idempotency_key = Some(key.to_owned());
+        self
+    }
+}
+
+/// The requests of round `n`: every route, every kind of rejection the dashboard draws,
+/// and each store operation (apply, get, delete, claim, release; ping and count run by
+/// themselves).
+fn round(n: u64, ex1: &str, ex2: &str) -> Vec<Call> {
+    use StatusCode as S;
+    let fresh = format!(
+        "[{}]",
+        measurement(&format!("load-{}", n % 7), "2021-11-08T21:38:09Z", n as f64)
+    );
+    let invalid = r#"[{"sensor":"s","timestamp":"2021-02-30T00:00:00Z","value":1}]"#;
+    let key = format!("round-{n}");
+    vec![
+        Call::new(Method::POST, "/data", ex1, S::NO_CONTENT).json(),
+        Call::new(Method::POST, "/data", ex2, S::NO_CONTENT).json(),
+        Call::new(Method::POST, "/data", &fresh, S::NO_CONTENT),
+        Call::new(Method::POST, "/data", "nope", S::BAD_REQUEST).json(),
+        Call::new(Method::POST, "/data", invalid, S::BAD_REQUEST).json(),
+        Call::new(Method::POST, "/data", "[]", S::UNSUPPORTED_MEDIA_TYPE).content_type("text/plain"),
+        // Idempotency-Key: claimed and applied, replayed, reused with another body (422),
+        // invalid (400), and claimed then released by a request that fails.
+        Call::new(Method::POST, "/data", &fresh, S::NO_CONTENT).idempotency_key(&key),
+        Call::new(Method::POST, "/data", &fresh, S::NO_CONTENT).idempotency_key(&key),
+        Call::new(Method::POST, "/data", ex1, S::UNPROCESSABLE_ENTITY).idempotency_key(&key),
+        Call::new(Method::POST, "/data", &fresh, S::BAD_REQUEST).idempotency_key("has space"),
+        Call::new(Method::POST, "/data", invalid, S::BAD_REQUEST).idempotency_key(&format!("failing-{n}")),
+        Call::new(Method::GET, "/no/such/path", "", S::NOT_FOUND),
+        Call::new(Method::PUT, "/statistics/sensor0", "", S::METHOD_NOT_ALLOWED),
+        Call::new(Method::GET, "/statistics/sensor0", "", S::OK),
+        Call::new(Method::GET, "/statistics/never-seen", "", S::OK),
+        Call::new(Method::DELETE, "/statistics/sensor1", "", S::NO_CONTENT),
+        Call::new(Method::GET, "/healthz", "", S::NO_CONTENT),
+        Call::new(Method::GET, "/livez", "", S::NO_CONTENT),
+    ]
+}
+
+/// Totals the traffic driver makes positive: a call of each store operation, flushes,
+/// replays, the idempotency rejections it provokes (not `idempotency_key_in_use`, which
+/// needs a request held open mid-body), and `/livez`.
+fn traffic_coverage() -> Vec<String> {
+    let mut queries: Vec<String> = ["apply", "get", "delete", "claim", "release", "ping", "count"]
+        .iter()
+        .map(|op| format!("sum(sensor_stats_store_call_duration_seconds_count{{op=\"{op}\"}})"))
+        .collect();
+    queries.extend(
+        [
+            "sum(sensor_stats_store_flush_requests_count)",
+            "sum(sensor_stats_idempotent_replays_total)",
+            r#"sum(sensor_stats_requests_rejected_total{reason="idempotency_key_reused"})"#,
+            r#"sum(sensor_stats_requests_rejected_total{reason="invalid_idempotency_key"})"#,
+            r#"sum(sensor_stats_http_requests_total{route="/livez"})"#,
+        ]
+        .map(str::to_owned),
+    );
+    queries
+}
+
 /// Requests of every kind, sent round after round by a background task until stopped.
 struct Traffic {
     stop: Arc<AtomicBool>,
@@ -286,73 +395,24 @@ impl Traffic {
                 let ex2 = sample("post_data_ex2.json");
                 while !stop.load(Ordering::Relaxed) {
                     let n = rounds.load(Ordering::Relaxed);
-                    let fresh = format!(
-                        "[{}]",
-                        measurement(&format!("load-{}", n % 7), "2021-11-08T21:38:09Z", n as f64)
-                    );
-                    let calls: [(Method, &str, Option<&str>, &str, StatusCode); 12] = [
-                        (
-                            Method::POST,
-                            "/data",
-                            Some("application/json"),
-                            &ex1,
-                            StatusCode::NO_CONTENT,
-                        ),
-                        (
-                            Method::POST,
-                            "/data",
-                            Some("application/json"),
-                            &ex2,
-                            StatusCode::NO_CONTENT,
-                        ),
-                        (Method::POST, "/data", None, &fresh, StatusCode::NO_CONTENT),
-                        (
-                            Method::POST,
-                            "/data",
-                            Some("application/json"),
-                            "nope",
-                            StatusCode::BAD_REQUEST,
-                        ),
-                        (
-                            Method::POST,
-                            "/data",
-                            Some("application/json"),
-                            r#"[{"sensor":"s","timestamp":"2021-02-30T00:00:00Z","value":1}]"#,
-                            StatusCode::BAD_REQUEST,
-                        ),
-                        (
-                            Method::POST,
-                            "/data",
-                            Some("text/plain"),
-                            "[]",
-                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        ),
-                        (Method::GET, "/no/such/path", None, "", StatusCode::NOT_FOUND),
-                        (
-                            Method::PUT,
-                            "/statistics/sensor0",
-                            None,
-                            "",
-                            StatusCode::METHOD_NOT_ALLOWED,
-                        ),
-                        (Method::GET, "/statistics/sensor0", None, "", StatusCode::OK),
-                        (Method::GET, "/statistics/never-seen", None, "", StatusCode::OK),
-                        (
-                            Method::DELETE,
-                            "/statistics/sensor1",
-                            None,
-                            "",
-                            StatusCode::NO_CONTENT,
-                        ),
-                        (Method::GET, "/healthz", None, "", StatusCode::NO_CONTENT),
-                    ];
-                    for (method, path, content_type, body, expected) in calls {
+                    for call in round(n, &ex1, &ex2) {
+                        let Call {
+                            method,
+                            path,
+                            content_type,
+                            idempotency_key,
+                            body,
+                            expected,
+                        } = call;
                         let mut request = client
                             .request(method.clone(), format!("{base}{path}"))
                             .timeout(Duration::from_secs(5))
-                            .body(body.to_owned());
+                            .body(body);
                         if let Some(ct) = content_type {
                             request = request.header("content-type", ct);
+                        }
+                        if let Some(key) = &idempotency_key {
+                            request = request.header("idempotency-key", key);
                         }
                         let status = request
                             .send()
@@ -360,7 +420,9 @@ impl Traffic {
                             .map_err(|e| format!("{method} {path}: {e}"))?
                             .status();
                         if status != expected {
-                            return Err(format!("{method} {path}: {status}, expected {expected}"));
+                            return Err(format!(
+                                "{method} {path} (Idempotency-Key {idempotency_key:?}): {status}, expected {expected}"
+                            ));
                         }
                     }
                     rounds.fetch_add(1, Ordering::Relaxed);
@@ -557,6 +619,16 @@ impl Prometheus {
             return Err(format!("only NaN ({data})"));
         }
         Ok(())
+    }
+
+    /// Ok when `promql` yields at least one sample above 0.
+    async fn is_positive(&self, promql: &str) -> Result<(), String> {
+        let data = self.query(promql).await?;
+        if sample_values(&data).iter().any(|v| *v > 0.0) {
+            Ok(())
+        } else {
+            Err(format!("no sample above 0 ({data})"))
+        }
     }
 
     async fn metric_names(&self) -> Vec<String> {
