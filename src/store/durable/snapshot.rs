@@ -52,7 +52,12 @@ pub(super) fn write(
 ) -> io::Result<Written> {
     let path = snapshot_path(dir, number);
     let tmp = path.with_extension("snap.tmp");
-    let result = write_file(&tmp, number, generation, created_ms, map, claims, end);
+    let mut end = Some(end);
+    let result = write_file(&tmp, number, generation, created_ms, map, claims, &mut end);
+    if let Some(end) = end {
+        // The file could not even be created: the writer must still stop copying.
+        end();
+    }
     let written = match result {
         Ok(w) => w,
         Err(e) => {
@@ -72,7 +77,7 @@ fn write_file(
     created_ms: u64,
     map: &SensorMap,
     claims: &Claims,
-    end: impl FnOnce() -> HashMap<Box<str>, Delta>,
+    end: &mut Option<impl FnOnce() -> HashMap<Box<str>, Delta>>,
 ) -> io::Result<Written> {
     let mut out = Frames::new(tmp)?;
     out.write_raw(&codec::encode_header(
@@ -89,7 +94,8 @@ fn write_file(
         out.cut_if_full();
     });
     // The writer's before-images complete the cut; `end` must run even after an error.
-    for (sensor, totals) in end() {
+    let before = end.take().map(|end| end()).unwrap_or_default();
+    for (sensor, totals) in before {
         codec::encode_sensor(&mut out.payload, &sensor, &totals);
         sensors += 1;
         out.cut_if_full();
