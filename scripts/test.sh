@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every test (unit, property,
 # integration over real sockets, the ones that need a real Prometheus or a real
-# redis-server), the API suite a second time against Redis, benches compiled.
+# redis-server), the API suite a second time against Redis and a third time with a data
+# dir (the durable embedded store), benches compiled.
 # Installs what it needs from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +34,7 @@ echo "== tests (unit, property, integration over real sockets, real Prometheus, 
 cargo nextest run --locked --no-fail-fast
 echo "== API suite again, every app backed by its own redis-server (--store redis)"
 SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api
+echo "== API suite again, every app with its own temporary --data-dir (durable store)"
+SENSOR_STATS_TEST_STORE=durable cargo nextest run --locked --no-fail-fast --test api
 echo "== benches compile"
 cargo bench --locked --no-run

@@ -22,7 +22,7 @@ use sensor_stats::{
     store::Store,
 };
 
-use crate::helpers::{free_port, measurement, spawn_app_with};
+use crate::helpers::{free_port, measurement, spawn_app_on};
 
 /// The real server binary on a free port over `dir`, logging JSON to a captured stdout.
 struct Server {
@@ -387,7 +387,7 @@ async fn a_log_torn_at_every_byte_of_its_last_record_starts_with_every_complete_
         file.set_len(cut as u64).unwrap();
         drop(file);
         let path = copy.path().to_owned();
-        let mut app = spawn_app_with(move |c| c.data_dir = Some(path)).await;
+        let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
         for (sensor, count) in [("a", 1), ("b", 1), ("c", u64::from(cut == full))] {
             assert_eq!(
                 app.statistics(sensor).await["count"],
@@ -593,7 +593,7 @@ async fn a_full_disk_answers_503_applies_nothing_unwritten_and_logs_once_a_secon
 async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let app = spawn_app_with(move |c| c.data_dir = Some(path)).await;
+    let app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
     let durable = app.store.durable().expect("durable store").clone();
     let body = |v: f64| format!("[{}]", measurement("s", "2021-11-08T21:38:09Z", v));
     app.post_data(body(1.0), StatusCode::NO_CONTENT).await;
@@ -652,7 +652,7 @@ async fn idempotency_keys_survive_a_clean_restart_and_a_crash() {
 
     // Clean stop: the record is in the snapshot.
     let path = dir.path().to_owned();
-    let mut app = spawn_app_with(move |c| c.data_dir = Some(path)).await;
+    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
     app.request(
         Method::POST,
         "/data",
@@ -665,7 +665,7 @@ async fn idempotency_keys_survive_a_clean_restart_and_a_crash() {
     app.server.take().unwrap().await.unwrap().unwrap();
     drop(app); // it holds the data dir's lock
     let path = dir.path().to_owned();
-    let mut app = spawn_app_with(move |c| c.data_dir = Some(path)).await;
+    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
     let replay = app
         .request(
             Method::POST,
