@@ -4,59 +4,52 @@
 #     --build-arg SENSOR_STATS_GIT_REVISION=$(git rev-parse --short=12 HEAD) .
 #   docker run --rm -it -p 8080:8080 exercise:latest
 #
-# Two stages: a Rust build stage (dependencies compiled in their own cached layer, then
-# the real sources), and a distroless runtime stage that holds only the binary and runs
-# as the unprivileged `nonroot` user. Plain Dockerfile syntax: no BuildKit-only features.
+# Build stages: `chef` installs cargo-chef (a layer of its own, cached for good),
+# `planner` turns the manifests into recipe.json (the manifests, lock file and target list,
+# no source code), and `build` compiles the dependencies from that recipe alone
+# ("cook"; reused until Cargo.toml or Cargo.lock change), then the real sources. The
+# runtime stage is distroless, holds only the binary and runs as the unprivileged
+# `nonroot` user. Plain Dockerfile syntax: no BuildKit-only features.
 # With podman/buildah, add `--format docker`: the OCI image format has no HEALTHCHECK.
 
-# ---------------------------------------------------------------------------- build
-FROM rust:1.95-slim-bookworm AS build
-WORKDIR /build
+# ---------------------------------------------------------------------------- chef
+FROM rust:1.95-slim-bookworm AS chef
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
+ARG CARGO_CHEF_VERSION=0.1.78
+RUN cargo install --locked cargo-chef --version "${CARGO_CHEF_VERSION}" \
+ && rm -rf "${CARGO_HOME}/registry" "${CARGO_HOME}/git"
+WORKDIR /build
 
-# 1. Dependencies only. Copy the manifest, lock file and build script, give every target
-#    the manifest declares a stub source (so the manifest is valid without the real
-#    sources), and build: this layer is reused as long as Cargo.toml, Cargo.lock and
-#    build.rs do not change.
+# ------------------------------------------------------------------------- planner
+# Sees the whole build context (benches/, examples/ and tests/ included: `cargo metadata`
+# refuses a manifest whose [[bench]] files are missing), but only recipe.json leaves this
+# stage, and it changes only when the manifests, the lock file or the set of targets do.
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+# --------------------------------------------------------------------------- build
+FROM chef AS build
+
+# 1. Dependencies only: cook writes the recipe's manifest and lock file, empty stand-ins
+#    for every target (lib, bin, build.rs, benches, examples, tests) and builds them.
+COPY --from=planner /build/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json
+
+# 2. The real manifest (cook's copy has the crate version masked), build script and
+#    sources; the bench/example/test stand-ins stay, so the manifest still resolves.
+#    COPY keeps the files' own (older) modification times, so touch them for cargo to
+#    see that they replace the stand-ins.
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN set -eu; \
-    mkdir -p src; \
-    echo '//! Dependency-layer stub.' > src/lib.rs; \
-    echo '//! Dependency-layer stub.' > src/main.rs; echo 'fn main() {}' >> src/main.rs; \
-    awk 'function flush() { if (kind == "") return; \
-           if (path != "") print path; \
-           else if (name != "") { \
-             if (kind == "bin") { if (name != pkg) print "src/bin/" name ".rs" } \
-             else if (kind in dir) print dir[kind] "/" name ".rs" } } \
-         BEGIN { dir["bench"] = "benches"; dir["example"] = "examples"; dir["test"] = "tests" } \
-         /^[[:space:]]*\[/ { flush(); kind = ""; name = ""; path = ""; \
-           sec = $0; sub(/#.*/, "", sec); gsub(/[[:space:]]/, "", sec); inpkg = (sec == "[package]"); \
-           if (sec ~ /^\[\[(bin|bench|example|test)\]\]$/) { kind = sec; gsub(/\[|\]/, "", kind) } \
-           else if (sec == "[lib]") kind = "lib"; \
-           next } \
-         { line = $0; sub(/#.*/, "", line) } \
-         line ~ /^[[:space:]]*(name|path)[[:space:]]*=/ { \
-           v = line; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); \
-           if (line ~ /^[[:space:]]*path/) path = v; else if (inpkg) pkg = v; else name = v } \
-         END { flush() }' Cargo.toml \
-    | while read -r stub; do \
-        mkdir -p "$(dirname "$stub")"; \
-        [ -e "$stub" ] || echo 'fn main() {}' > "$stub"; \
-      done; \
-    cargo build --release --locked; \
-    rm -f target/release/sensor-stats
-
-# 2. The real sources. COPY keeps the files' own (older) modification times, so touch
-#    them for cargo to see that they replace the stubs.
 COPY src ./src
 ARG SENSOR_STATS_GIT_REVISION=unknown
 ENV SENSOR_STATS_GIT_REVISION=${SENSOR_STATS_GIT_REVISION}
 RUN set -eu; \
-    find src -type f -exec touch {} +; \
+    find src build.rs Cargo.toml -type f -exec touch {} +; \
     cargo build --release --locked; \
     install -D -m 0755 target/release/sensor-stats /out/sensor-stats; \
-    /out/sensor-stats --version
+    /out/sensor-stats --version | grep -q '^sensor-stats '
 
 # -------------------------------------------------------------------------- runtime
 # distroless/cc: glibc, libgcc_s, CA certificates, tzdata, /etc/passwd with `nonroot`

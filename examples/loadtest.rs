@@ -4,10 +4,10 @@
 //! table. Traffic goes only to 127.0.0.1 and every run stops by itself.
 //!
 //! Run it with `scripts/loadtest.sh` (builds, pins server and load to separate cores).
-//! `--stores memory,redis` runs every workload once per store; in redis mode a fresh
-//! `redis-server` (AOF, `appendfsync everysec`) runs beside the load generator, on its
-//! core, and the row adds Redis CPU-seconds per million measurements and requests per
-//! group-commit flush.
+//! `--stores memory,redis,redis-cluster` runs every workload once per store; in the redis
+//! modes fresh `redis-server`s (AOF, `appendfsync everysec`; three cluster masters for
+//! `redis-cluster`) run beside the load generator, on its core, and the row adds Redis
+//! CPU-seconds per million measurements and requests per group-commit flush.
 //!
 //! `--stores durable` runs the server with `--data-dir` (a fresh temporary directory on
 //! the machine's disk, under `--data-root`) and `--fsync always`, `durable-interval` with
@@ -63,8 +63,9 @@ struct Args {
     /// Workloads to run, comma-separated: w1,w2,w3,w4,mem (and soak, snap).
     #[arg(long, default_value = "w1,w2,w3,w4,mem", value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Stores to run each workload against, comma-separated: memory, redis, durable
-    /// (`--data-dir`, `--fsync always`), durable-interval (`--fsync interval`).
+    /// Stores to run each workload against, comma-separated: memory, redis,
+    /// redis-cluster (three masters, no replicas), durable (`--data-dir`, `--fsync
+    /// always`), durable-interval (`--fsync interval`).
     #[arg(long, default_value = "memory", value_delimiter = ',')]
     stores: Vec<String>,
     /// Where the durable stores' temporary data dirs are made (default: the system's
@@ -76,42 +77,112 @@ struct Args {
     store: String,
 }
 
-/// A `redis-server` for one workload run, in its own temp dir; killed on drop.
+/// The `redis-server`s of one workload run (one, or three cluster masters), in their
+/// own temp dir; killed on drop.
 struct RedisProc {
-    child: Child,
-    port: u16,
+    children: Vec<Child>,
+    ports: Vec<u16>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisProc {
-    fn start() -> Self {
+    fn start(masters: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        let cluster = masters > 1;
+        let mut ports = Vec::new();
+        while ports.len() < masters {
+            let p = free_port();
+            if !cluster || (p < 50_000 && StdListener::bind(("127.0.0.1", p + 10_000)).is_ok()) {
+                ports.push(p);
+            }
+        }
+        let children = ports
+            .iter()
+            .map(|port| {
+                let node_dir = dir.path().join(port.to_string());
+                std::fs::create_dir_all(&node_dir).unwrap();
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                    .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+                    .arg("--dir")
+                    .arg(&node_dir)
+                    .stdout(Stdio::null());
+                if cluster {
+                    cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+                }
+                cmd.spawn()
+                    .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"))
+            })
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
+        for port in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if cluster {
+            let mut create = Command::new("redis-cli");
+            create.args(["--cluster", "create"]);
+            for p in &ports {
+                create.arg(format!("127.0.0.1:{p}"));
+            }
+            let out = create
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .expect("redis-cli runs");
+            assert!(out.status.success(), "cluster create failed");
+            loop {
+                let ok = ports.iter().all(|p| {
+                    let out = Command::new("redis-cli")
+                        .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
+                        .output()
+                        .unwrap();
+                    String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+                });
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline + Duration::from_secs(20),
+                    "cluster not ok"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         Self {
-            child,
-            port,
+            children,
+            ports,
             _dir: dir,
         }
+    }
+
+    /// The server's `--store` and `--redis-url` arguments.
+    fn server_args(&self) -> [String; 4] {
+        let (store, url) = if self.ports.len() > 1 {
+            let seeds: Vec<String> = self
+                .ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect();
+            ("redis-cluster", seeds.join(","))
+        } else {
+            ("redis", format!("redis://127.0.0.1:{}/0", self.ports[0]))
+        };
+        ["--store".into(), store.into(), "--redis-url".into(), url]
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.children.iter().map(|c| cpu_seconds_of(c.id())).sum()
     }
 }
 
 impl Drop for RedisProc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -149,7 +220,11 @@ impl Server {
 
     async fn start_with(args: &Args, extra: &[&str]) -> Self {
         let port = free_port();
-        let redis = (args.store == "redis").then(RedisProc::start);
+        let redis = match args.store.as_str() {
+            "redis" => Some(RedisProc::start(1)),
+            "redis-cluster" => Some(RedisProc::start(3)),
+            _ => None,
+        };
         let mut cmd = match args.server_cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -169,12 +244,7 @@ impl Server {
         .env_remove("RUST_LOG")
         .stdout(Stdio::null());
         if let Some(r) = &redis {
-            cmd.args([
-                "--store",
-                "redis",
-                "--redis-url",
-                &format!("redis://127.0.0.1:{}/0", r.port),
-            ]);
+            cmd.args(r.server_args());
         }
         let data = args.store.starts_with("durable").then(|| match &args.data_root {
             Some(root) => tempfile::tempdir_in(root).unwrap(),
@@ -217,7 +287,7 @@ impl Server {
 
     /// Redis's CPU seconds so far (0 without Redis).
     fn redis_cpu_seconds(&self) -> f64 {
-        self.redis.as_ref().map_or(0.0, |r| cpu_seconds_of(r.child.id()))
+        self.redis.as_ref().map_or(0.0, RedisProc::cpu_seconds)
     }
 
     /// `(current RSS, peak RSS)` in bytes.

@@ -11,6 +11,7 @@ need_packages=()
 command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
 command -v jq >/dev/null 2>&1 || need_packages+=(jq)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v nginx >/dev/null 2>&1 || need_packages+=(nginx)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_packages[*]} (Debian packages)"
@@ -33,8 +34,14 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== tests (unit, property, integration over real sockets, real Prometheus, real Redis)"
 cargo nextest run --locked --no-fail-fast
 echo "== API suite again, every app backed by its own redis-server (--store redis)"
-SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api
+# The suites that choose their own store (replicas, balancer, outage, cluster, durability)
+# ran above.
+SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api \
+  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
 echo "== API suite again, every app with its own temporary --data-dir (durable store)"
-SENSOR_STATS_TEST_STORE=durable cargo nextest run --locked --no-fail-fast --test api
+SENSOR_STATS_TEST_STORE=durable cargo nextest run --locked --no-fail-fast --test api \
+  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
+echo "== deploy files (Kubernetes schemas, nginx config, compose files)"
+./scripts/check-deploy.sh
 echo "== benches compile"
 cargo bench --locked --no-run

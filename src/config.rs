@@ -46,13 +46,13 @@ pub struct Config {
     #[arg(long, env = "SENSOR_STATS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// Where statistics live: `memory` (this process only) or `redis` (shared by every
-    /// replica pointed at the same Redis).
+    /// Where statistics live: `memory` (this process only), `redis` (shared by every
+    /// replica pointed at the same Redis) or `redis-cluster`.
     #[arg(long, env = "SENSOR_STATS_STORE", value_enum, default_value_t = StoreKind::Memory)]
     pub store: StoreKind,
 
     /// Redis to use with `--store redis`, e.g. `redis://:password@127.0.0.1:6379/0`
-    /// (`rediss://` for TLS).
+    /// (`rediss://` for TLS); with `--store redis-cluster`, seed nodes separated by commas.
     #[arg(long, env = "SENSOR_STATS_REDIS_URL")]
     pub redis_url: Option<RedisUrl>,
 
@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "SENSOR_STATS_REDIS_BUCKETS", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=16384))]
     pub redis_buckets: u16,
+
+    /// After each flush, wait until this many Redis replicas (of each touched master in a
+    /// cluster) confirmed it before answering; fewer in time answer 503.
+    #[arg(long, env = "SENSOR_STATS_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u16,
 
     /// How long a successful `POST /data` with an `Idempotency-Key` is remembered: a retry
     /// with the same key and body inside this window is answered without applying it again.
@@ -128,6 +133,8 @@ pub enum StoreKind {
     Memory,
     /// A Redis 7 (or Valkey) server shared by every replica.
     Redis,
+    /// A Redis Cluster shared by every replica; `--redis-url` lists seed nodes.
+    RedisCluster,
 }
 
 /// A Redis URL; its `Debug` form hides the password so configuration can be logged.
@@ -152,13 +159,18 @@ impl std::str::FromStr for RedisUrl {
 
 impl std::fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // `scheme://user:password@host...` -> `scheme://***@host...`
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                write!(f, "\"{}://***{}\"", &self.0[..scheme_end], &self.0[at..])
-            }
-            _ => write!(f, "{:?}", self.0),
-        }
+        // `scheme://user:password@host...` -> `scheme://***@host...`, for every node.
+        let shown: Vec<String> = self
+            .0
+            .split(',')
+            .map(|u| match (u.find("://"), u.rfind('@')) {
+                (Some(scheme_end), Some(at)) if at > scheme_end => {
+                    format!("{}://***{}", &u[..scheme_end], &u[at..])
+                }
+                _ => u.to_owned(),
+            })
+            .collect();
+        write!(f, "{:?}", shown.join(","))
     }
 }
 
@@ -168,8 +180,14 @@ impl Config {
     /// # Errors
     /// A message saying which setting to add or remove.
     pub fn validate(&self) -> Result<(), String> {
-        if self.store == StoreKind::Redis && self.redis_url.is_none() {
-            return Err("--store redis needs --redis-url (SENSOR_STATS_REDIS_URL)".to_owned());
+        if matches!(self.store, StoreKind::Redis | StoreKind::RedisCluster) && self.redis_url.is_none() {
+            return Err(
+                "--store redis and redis-cluster need --redis-url (SENSOR_STATS_REDIS_URL)".to_owned(),
+            );
+        }
+        if self.store != StoreKind::RedisCluster && self.redis_url.as_ref().is_some_and(|u| u.0.contains(','))
+        {
+            return Err("several --redis-url nodes need --store redis-cluster".to_owned());
         }
         if self.idempotency_ttl.is_zero() {
             return Err("--idempotency-ttl must be longer than 0s".to_owned());
@@ -177,10 +195,10 @@ impl Config {
         if self.redis_timeout.is_zero() {
             return Err("--redis-timeout must be longer than 0s".to_owned());
         }
-        if self.store == StoreKind::Redis && self.data_dir.is_some() {
+        if self.store != StoreKind::Memory && self.data_dir.is_some() {
             return Err(
                 "--data-dir (SENSOR_STATS_DATA_DIR) is for the embedded store; with --store \
-                        redis durability is Redis' own (AOF): give one or the other"
+                        redis or redis-cluster durability is Redis' own (AOF): give one or the other"
                     .to_owned(),
             );
         }
@@ -221,6 +239,7 @@ impl Default for Config {
             redis_key_prefix: "sensor-stats".into(),
             redis_timeout: Duration::from_secs(1),
             redis_buckets: 16,
+            redis_wait_replicas: 0,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             data_dir: None,
             fsync: FsyncMode::Always,

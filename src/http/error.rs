@@ -109,9 +109,11 @@ impl ApiError {
             Self::Store(StoreError::ClaimLost) | Self::IdempotencyInProgress => {
                 (StatusCode::CONFLICT, "idempotency_key_in_use")
             }
+            Self::IdempotencyReused | Self::Store(StoreError::KeyReused) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             Self::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::IdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
-            Self::IdempotencyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 
 pub use durable::{DurableSettings, DurableStore};
 pub use memory::MemoryStore;
-pub use redis::{RedisSettings, RedisStore};
+pub use redis::{RedisSettings, RedisStore, Target};
 use tokio_util::sync::CancellationToken;
 
 pub use self::idempotency::Claims;
@@ -24,8 +24,8 @@ use crate::{
 };
 
 /// Why a store operation failed. Every variant is answered 503 with `Retry-After`,
-/// except [`StoreError::ClaimLost`] (409).
-#[derive(Debug, thiserror::Error)]
+/// except [`StoreError::ClaimLost`] (409) and [`StoreError::KeyReused`] (422).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached; nothing was applied.
     #[error("the statistics store cannot be reached ({0}); nothing was applied, retry later")]
@@ -42,6 +42,13 @@ pub enum StoreError {
          timeout); nothing was applied, retry with the same key"
     )]
     ClaimLost,
+    /// Redis Cluster: a shard holds this Idempotency-Key's marker from an earlier
+    /// attempt with another body.
+    #[error(
+        "this Idempotency-Key was already used with a different request body; the parts \
+         applied under it stay, nothing of this body was applied where they are"
+    )]
+    KeyReused,
 }
 
 /// A request's hold on an Idempotency-Key, from its headers until it is answered.
@@ -115,7 +122,7 @@ impl Store {
                 Some(settings) => Ok(Self::Durable(Arc::new(DurableStore::open(settings, metrics)?))),
                 None => Ok(Self::memory_with(config.request_timeout, config.idempotency_ttl)),
             },
-            StoreKind::Redis => {
+            StoreKind::Redis | StoreKind::RedisCluster => {
                 let settings = RedisSettings::from_config(config)?;
                 Ok(Self::Redis(Arc::new(RedisStore::new(settings, metrics)?)))
             }

@@ -20,9 +20,25 @@
 //! idempotency records, in one atomic step. Each request is answered after the flush that
 //! carries it succeeded; a failed flush fails every request in it.
 //!
-//! Connection: one multiplexed connection (redis-rs `ConnectionManager`, created lazily so
-//! the service starts while Redis is down), reconnected in the background. [`RedisStore::watch`]
-//! pings every 250 ms; readiness follows the pings.
+//! Redis Cluster (`--store redis-cluster`): the same keys. A flush is split by bucket (one
+//! slot each) and sent as one `EVALSHA` of `apply_bucket.lua` per bucket, all at once
+//! (calls to one node share its connection, so they are pipelined). A batch is then atomic
+//! per bucket, not as a whole. A request with an Idempotency-Key leaves a marker (field
+//! `<key>` of the hash `{<prefix>:b<n>}:idem`, with its own expiry) in each bucket it
+//! touched, in the same script, so a retry after a partial failure applies exactly the
+//! missing buckets; its record `<prefix>:idem:<key>` is marked completed once every
+//! bucket is in. No script creates a key: both hashes of a bucket exist from the first
+//! start and move together in a reshard, so no write waits on a half-moved slot. Expired
+//! markers are swept every minute, a slice at a time.
+//!
+//! `--redis-wait-replicas N`: after a flush, `WAIT N` on the connection (each touched
+//! master in a cluster) before answering; fewer confirmations answer 503, "may have been
+//! applied".
+//!
+//! Connection: see `connection.rs`. [`RedisStore::watch`] pings every 250 ms (connecting a
+//! cluster handle first); readiness follows the pings.
+
+mod connection;
 
 use std::{
     fmt::Write as _,
@@ -35,22 +51,28 @@ use std::{
 };
 
 use anyhow::Context as _;
-use redis::{
-    ErrorKind, RedisError, ServerErrorKind,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use connection::Conn;
+pub use connection::Target;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Claim, ClaimToken, Completion, StoreError};
 use crate::{
-    config::Config,
+    config::{Config, StoreKind},
     domain::{Batch, Delta, Fingerprint, SensorId, Summary, Timestamp},
     metrics::{Metrics, StoreOp},
 };
 
+/// How often expired Idempotency-Key markers are swept (cluster mode).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the connection is probed for readiness.
 const PING_INTERVAL: Duration = Duration::from_millis(250);
+/// A ping may wait this many `--redis-timeout`s: Redis runs one script at a time, and the
+/// largest batch the body limit allows (about 200k new sensors in 16 MiB) holds it for
+/// about a second; that is a busy Redis, not an unreachable one. A refused or broken
+/// connection fails the ping at once.
+const PING_PATIENCE: u32 = 3;
 /// A flush stops taking queued requests past this many sensor updates, so one script
 /// does not hold Redis for long (a single larger batch still goes alone).
 const MAX_FLUSH_SENSORS: usize = 20_000;
@@ -64,12 +86,18 @@ static APPLY: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("redis/apply.lua")));
 static RELEASE: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("redis/release.lua")));
+static APPLY_BUCKET: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("redis/apply_bucket.lua")));
+static SWEEP: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("redis/sweep.lua")));
+static COMPLETE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("redis/complete.lua")));
 
 /// What the Redis store needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// Parsed `--redis-url`.
-    pub client: redis::Client,
+    /// Parsed `--redis-url`: one server or a cluster's seed nodes.
+    pub target: Target,
     /// `--redis-key-prefix`.
     pub prefix: String,
     /// `--redis-buckets`.
@@ -80,6 +108,8 @@ pub struct RedisSettings {
     pub pending_ttl: Duration,
     /// `--idempotency-ttl`.
     pub idempotency_ttl: Duration,
+    /// `--redis-wait-replicas`.
+    pub wait_replicas: u16,
 }
 
 impl RedisSettings {
@@ -92,15 +122,28 @@ impl RedisSettings {
             .redis_url
             .as_ref()
             .context("--store redis needs --redis-url")?;
-        let client =
-            redis::Client::open(url.0.as_str()).with_context(|| format!("invalid --redis-url {url:?}"))?;
+        let target = match config.store {
+            StoreKind::RedisCluster => {
+                let nodes: Vec<String> = url.0.split(',').map(|n| n.trim().to_owned()).collect();
+                for node in &nodes {
+                    redis::Client::open(node.as_str())
+                        .with_context(|| format!("invalid node in --redis-url {url:?}"))?;
+                }
+                Target::Cluster(nodes)
+            }
+            _ => Target::Single(Box::new(
+                redis::Client::open(url.0.as_str())
+                    .with_context(|| format!("invalid --redis-url {url:?}"))?,
+            )),
+        };
         Ok(Self {
-            client,
+            target,
             prefix: config.redis_key_prefix.clone(),
             buckets: config.redis_buckets,
             timeout: config.redis_timeout,
             pending_ttl: config.request_timeout,
             idempotency_ttl: config.idempotency_ttl,
+            wait_replicas: config.redis_wait_replicas,
         })
     }
 }
@@ -113,12 +156,13 @@ pub struct RedisStore {
 
 /// What the handle and the flusher task share.
 struct Shared {
-    conn: ConnectionManager,
+    conn: Conn,
     bucket_keys: Vec<String>,
     prefix: String,
     timeout: Duration,
     pending_ttl: Duration,
     idempotency_ttl: Duration,
+    wait_replicas: u16,
     /// The last ping succeeded.
     up: AtomicBool,
     /// The data's bucket count matches ours (checked once per process).
@@ -138,8 +182,18 @@ impl std::fmt::Debug for RedisStore {
 /// One request's part of a flush.
 struct Job {
     updates: Vec<(Box<str>, Delta)>,
-    completion: Option<(String, ClaimToken, Fingerprint)>,
+    completion: Option<JobCompletion>,
     reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The idempotency record a job completes.
+struct JobCompletion {
+    /// The (namespaced) Idempotency-Key as the client scope sees it.
+    key: String,
+    /// Its record, `<prefix>:idem:<key>`.
+    record: String,
+    token: ClaimToken,
+    fingerprint: Fingerprint,
 }
 
 impl RedisStore {
@@ -148,15 +202,8 @@ impl RedisStore {
     /// # Errors
     /// When the connection manager cannot be configured.
     pub fn new(settings: RedisSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            // Calls are bounded by our own timers, which know what a call carries.
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(settings.client, config)
-            .context("cannot set up the Redis connection")?;
+        let conn =
+            Conn::new(settings.target, settings.timeout).context("cannot set up the Redis connection")?;
         let bucket_keys = (0..settings.buckets)
             .map(|n| format!("{{{}:b{n}}}", settings.prefix))
             .collect();
@@ -168,6 +215,7 @@ impl RedisStore {
             timeout: settings.timeout,
             pending_ttl: settings.pending_ttl,
             idempotency_ttl: settings.idempotency_ttl,
+            wait_replicas: settings.wait_replicas,
             up: AtomicBool::new(false),
             layout_ok: AtomicBool::new(false),
             metrics,
@@ -191,8 +239,12 @@ impl RedisStore {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             updates,
-            completion: completion
-                .map(|c| (self.shared.idempotency_key(c.key), c.token.clone(), c.fingerprint)),
+            completion: completion.map(|c| JobCompletion {
+                key: c.key.to_owned(),
+                record: self.shared.idempotency_key(c.key),
+                token: c.token.clone(),
+                fingerprint: c.fingerprint,
+            }),
             reply,
         };
         self.flushes
@@ -235,7 +287,7 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn claim(&self, key: &str) -> Result<Claim, StoreError> {
+    pub(super) async fn claim(self: &Arc<Self>, key: &str) -> Result<Claim, StoreError> {
         self.shared.check_layout()?;
         let token = ClaimToken::new();
         let mut cmd = redis::cmd("SET");
@@ -245,11 +297,17 @@ impl RedisStore {
             .arg("GET")
             .arg("PX")
             .arg(millis(self.shared.pending_ttl));
-        let previous: Option<String> = self
-            .shared
-            .call(StoreOp::Claim, &cmd, self.shared.timeout)
-            .await
-            .map_err(unavailable)?;
+        let previous: Option<String> = match self.shared.call(StoreOp::Claim, &cmd, self.shared.timeout).await
+        {
+            Ok(previous) => previous,
+            Err(e) => {
+                // The SET may have reached Redis: give back whatever it took, so the
+                // client's retry is not answered 409 until the claim expires.
+                let (store, key) = (Arc::clone(self), key.to_owned());
+                tokio::spawn(async move { store.release(&key, &token).await });
+                return Err(unavailable(e));
+            }
+        };
         match previous {
             None => Ok(Claim::Claimed(token)),
             Some(p) if p.starts_with("p:") => Ok(Claim::InProgress),
@@ -261,18 +319,29 @@ impl RedisStore {
         }
     }
 
+    /// Releases the claim, retrying while Redis cannot be reached, until the claim would
+    /// have expired anyway: a client retrying after a 503 must not see 409 for the whole
+    /// request timeout once Redis is back.
     pub(super) async fn release(&self, key: &str, token: &ClaimToken) {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(RELEASE.get_hash())
             .arg(1)
             .arg(self.shared.idempotency_key(key))
             .arg(&token.0);
-        let released: Result<i64, _> = self
-            .shared
-            .call_script(StoreOp::Release, &RELEASE, &cmd, self.shared.timeout)
-            .await;
-        if let Err(e) = released {
-            tracing::debug!(error = %e, "could not release an idempotency claim; it expires by itself");
+        let give_up = Instant::now() + self.shared.pending_ttl;
+        loop {
+            let released: Result<i64, _> = self
+                .shared
+                .call_script(StoreOp::Release, &RELEASE, &cmd, self.shared.timeout)
+                .await;
+            match released {
+                Ok(_) => return,
+                Err(e) if Instant::now() >= give_up => {
+                    tracing::debug!(error = %e, "could not release an idempotency claim; it expires by itself");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(PING_INTERVAL).await,
+            }
         }
     }
 
@@ -280,25 +349,20 @@ impl RedisStore {
         if !self.is_ready() {
             return None;
         }
-        let mut pipe = redis::pipe();
-        for key in &self.shared.bucket_keys {
-            pipe.cmd("HLEN").arg(key);
-        }
-        let start = Instant::now();
-        let mut conn = self.shared.conn.clone();
-        let result = tokio::time::timeout(self.shared.timeout, pipe.query_async::<Vec<u64>>(&mut conn)).await;
-        self.shared.metrics.store_call(StoreOp::Count, start.elapsed());
-        match result {
-            Ok(Ok(lens)) => Some(lens.iter().sum::<u64>() as usize),
-            Ok(Err(e)) => {
-                self.shared.metrics.store_error(StoreOp::Count, error_kind(&e));
-                None
-            }
-            Err(_) => {
-                self.shared.metrics.store_error(StoreOp::Count, "timeout");
-                None
-            }
-        }
+        // One O(1) HLEN per bucket, sent together (each goes to its slot's master).
+        let shared = &self.shared;
+        let lens = shared
+            .timed(StoreOp::Count, shared.timeout, async {
+                let calls = shared.bucket_keys.iter().map(|key| {
+                    let mut cmd = redis::cmd("HLEN");
+                    cmd.arg(key);
+                    async move { shared.conn.query::<u64>(&cmd).await }
+                });
+                futures_util::future::try_join_all(calls).await
+            })
+            .await
+            .ok()?;
+        Some(lens.iter().sum::<u64>() as usize)
     }
 
     pub(super) fn is_ready(&self) -> bool {
@@ -306,20 +370,41 @@ impl RedisStore {
     }
 
     /// Pings every [`PING_INTERVAL`] until `stop`: readiness follows, and a ping on a
-    /// broken connection makes the manager reconnect. Logs each change once.
+    /// broken connection makes the manager reconnect. Logs each change once. In a
+    /// cluster, sweeps expired Idempotency-Key markers every [`SWEEP_INTERVAL`].
     pub(super) async fn watch(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(PING_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_ready: Option<bool> = None;
+        let mut last_sweep = Instant::now();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            if self.shared.conn.is_cluster() && self.is_ready() && last_sweep.elapsed() >= SWEEP_INTERVAL {
+                last_sweep = Instant::now();
+                self.shared.sweep_markers().await;
+            }
             let shared = &self.shared;
-            let pong: Result<String, _> = shared
-                .call(StoreOp::Ping, &redis::cmd("PING"), shared.timeout)
-                .await;
+            let patience = shared.timeout * PING_PATIENCE;
+            let connected = tokio::time::timeout(patience, shared.conn.ensure_connected())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    )))
+                });
+            if let Err(e) = connected {
+                if was_ready != Some(false) {
+                    tracing::warn!(error = %e, "Redis Cluster cannot be reached: not ready, store routes answer 503");
+                }
+                was_ready = Some(false);
+                shared.up.store(false, Ordering::Release);
+                shared.metrics.store_up(false);
+                continue;
+            }
+            let pong = shared.timed(StoreOp::Ping, patience, shared.conn.ping()).await;
             let up = match pong {
                 Ok(_) => {
                     if !shared.layout_ok.load(Ordering::Acquire) {
@@ -415,8 +500,28 @@ impl Shared {
         format!("{}:idem:{key}", self.prefix)
     }
 
-    /// Records the bucket count on first use, or checks it against the recorded one.
+    /// Records the bucket count on first use, or checks it against the recorded one; then
+    /// loads the scripts, so no request has to (a Redis that lost them, after a restart or
+    /// a failover, gets them again on the first `NOSCRIPT`).
     async fn verify_layout(&self) {
+        for script in [&*APPLY, &*RELEASE, &*APPLY_BUCKET, &*COMPLETE, &*SWEEP] {
+            if let Err(e) = self.conn.load(script).await {
+                tracing::warn!(error = %e, "could not load the store's scripts into Redis");
+                return;
+            }
+        }
+        if self.conn.is_cluster() {
+            // Each bucket's marker hash exists from now on (its "" field never expires:
+            // no Idempotency-Key is empty), so apply scripts never create a key.
+            for key in &self.bucket_keys {
+                let mut cmd = redis::cmd("HSETNX");
+                cmd.arg(markers_key(key)).arg("").arg("permanent");
+                if let Err(e) = self.call::<i64>(StoreOp::Ping, &cmd, self.timeout).await {
+                    tracing::warn!(error = %e, "could not create the idempotency marker hashes");
+                    return;
+                }
+            }
+        }
         let ours = format!("v1 buckets={}", self.bucket_keys.len());
         let mut cmd = redis::cmd("SET");
         cmd.arg(format!("{}:layout", self.prefix))
@@ -439,6 +544,31 @@ impl Shared {
         }
     }
 
+    /// Forgets expired Idempotency-Key markers, bucket by bucket, a page per call.
+    async fn sweep_markers(&self) {
+        for key in &self.bucket_keys {
+            let mut cursor = "0".to_owned();
+            loop {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(SWEEP.get_hash())
+                    .arg(1)
+                    .arg(markers_key(key))
+                    .arg(&cursor);
+                match self
+                    .call_script::<String>(StoreOp::Apply, &SWEEP, &cmd, self.timeout)
+                    .await
+                {
+                    Ok(next) if next == "0" => break,
+                    Ok(next) => cursor = next,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "marker sweep stopped; next round retries");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends `cmd` with a deadline, recording its latency and failures.
     async fn call<T: redis::FromRedisValue>(
         &self,
@@ -446,9 +576,7 @@ impl Shared {
         cmd: &redis::Cmd,
         deadline: Duration,
     ) -> Result<T, CallError> {
-        let mut conn = self.conn.clone();
-        self.timed(op, deadline, async move { cmd.query_async::<T>(&mut conn).await })
-            .await
+        self.timed(op, deadline, self.conn.query::<T>(cmd)).await
     }
 
     /// Sends an `EVALSHA` of `script`, loading the script first when Redis lost it
@@ -460,17 +588,21 @@ impl Shared {
         cmd: &redis::Cmd,
         deadline: Duration,
     ) -> Result<T, CallError> {
-        let mut conn = self.conn.clone();
-        self.timed(op, deadline, async move {
-            match cmd.query_async::<T>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script.load_async(&mut conn).await?;
-                    cmd.query_async::<T>(&mut conn).await
-                }
-                other => other,
+        self.timed(op, deadline, self.eval(script, cmd)).await
+    }
+
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match self.conn.query::<T>(cmd).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.conn.load(script).await?;
+                self.conn.query::<T>(cmd).await
             }
-        })
-        .await
+            other => other,
+        }
     }
 
     async fn timed<T>(
@@ -518,35 +650,51 @@ async fn run_flusher(shared: Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
             }
         }
         shared.metrics.flush(jobs.len());
-        match flush(&shared, &jobs, updates).await {
-            Ok(skipped) => {
-                for (n, job) in jobs.drain(..).enumerate() {
-                    let result = if skipped.contains(&(n as i64 + 1)) {
-                        Err(StoreError::ClaimLost)
-                    } else {
-                        Ok(())
-                    };
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                let unapplied = matches!(e, StoreError::Unavailable(_));
-                for job in jobs.drain(..) {
-                    let error = if unapplied {
-                        StoreError::Unavailable(message.clone())
-                    } else {
-                        StoreError::Interrupted(message.clone())
-                    };
-                    let _ = job.reply.send(Err(error));
-                }
-            }
+        let results = if shared.conn.is_cluster() {
+            flush_cluster(&shared, &jobs).await
+        } else {
+            flush_single(&shared, &jobs, updates).await
+        };
+        for (job, result) in jobs.drain(..).zip(results) {
+            let _ = job.reply.send(result);
         }
     }
 }
 
-/// One `EVALSHA` of `apply.lua` carrying `jobs`; the positions of skipped jobs.
-async fn flush(shared: &Shared, jobs: &[Job], updates: usize) -> Result<Vec<i64>, StoreError> {
+/// The hash of a bucket's Idempotency-Key markers (cluster mode), in the bucket's slot.
+fn markers_key(bucket_key: &str) -> String {
+    format!("{bucket_key}:idem")
+}
+
+/// The deadline of a script carrying `updates` sensor updates.
+fn apply_deadline(shared: &Shared, updates: usize) -> Duration {
+    shared.timeout + PER_UPDATE_ALLOWANCE * u32::try_from(updates).unwrap_or(u32::MAX)
+}
+
+/// `WAIT` for `--redis-wait-replicas` on the connection that wrote `slot_key`.
+async fn wait_for_replicas(shared: &Shared, slot_key: &str) -> Result<(), StoreError> {
+    if shared.wait_replicas == 0 {
+        return Ok(());
+    }
+    let wanted = shared.wait_replicas;
+    let acked = shared
+        .timed(
+            StoreOp::Apply,
+            shared.timeout * 2,
+            shared.conn.wait_replicas(slot_key, wanted, shared.timeout),
+        )
+        .await
+        .map_err(|e| StoreError::Interrupted(e.to_string()))?;
+    if acked < i64::from(wanted) {
+        return Err(StoreError::Interrupted(format!(
+            "only {acked} of {wanted} Redis replicas confirmed the write in time"
+        )));
+    }
+    Ok(())
+}
+
+/// One Redis: one `EVALSHA` of `apply.lua` carrying every job, atomically.
+async fn flush_single(shared: &Shared, jobs: &[Job], updates: usize) -> Vec<Result<(), StoreError>> {
     let buckets = shared.bucket_keys.len();
     let idempotent = jobs.iter().filter(|j| j.completion.is_some()).count();
     let mut cmd = redis::cmd("EVALSHA");
@@ -555,24 +703,22 @@ async fn flush(shared: &Shared, jobs: &[Job], updates: usize) -> Result<Vec<i64>
         cmd.arg(key);
     }
     for job in jobs {
-        if let Some((key, _, _)) = &job.completion {
-            cmd.arg(key);
+        if let Some(c) = &job.completion {
+            cmd.arg(&c.record);
         }
     }
     cmd.arg(jobs.len());
     let ttl = millis(shared.idempotency_ttl);
     let mut next_idem = buckets;
-    let mut sum = ryu::Buffer::new();
-    let mut int = itoa::Buffer::new();
-    let mut latest = String::with_capacity(29);
+    let mut enc = Encoder::default();
     for job in jobs {
         cmd.arg(job.updates.len());
         match &job.completion {
-            Some((_, token, fingerprint)) => {
+            Some(c) => {
                 next_idem += 1;
                 cmd.arg(next_idem)
-                    .arg(&token.0)
-                    .arg(fingerprint.to_hex())
+                    .arg(&c.token.0)
+                    .arg(c.fingerprint.to_hex())
                     .arg(ttl);
             }
             None => {
@@ -580,20 +726,162 @@ async fn flush(shared: &Shared, jobs: &[Job], updates: usize) -> Result<Vec<i64>
             }
         }
         for (sensor, delta) in &job.updates {
-            latest.clear();
-            let _ = write!(latest, "{:029}", delta.latest.to_key());
-            cmd.arg(bucket_of(sensor, buckets) + 1)
-                .arg(sensor.as_bytes())
-                .arg(int.format(delta.count))
-                .arg(sum.format_finite(delta.sum))
-                .arg(latest.as_str());
+            cmd.arg(bucket_of(sensor, buckets) + 1).arg(sensor.as_bytes());
+            enc.push(&mut cmd, delta);
         }
     }
-    let deadline = shared.timeout + PER_UPDATE_ALLOWANCE * u32::try_from(updates).unwrap_or(u32::MAX);
-    shared
-        .call_script::<Vec<i64>>(StoreOp::Apply, &APPLY, &cmd, deadline)
+    let applied = shared
+        .call_script::<Vec<i64>>(StoreOp::Apply, &APPLY, &cmd, apply_deadline(shared, updates))
         .await
-        .map_err(write_error)
+        .map_err(write_error);
+    let skipped = match applied {
+        Ok(skipped) => skipped,
+        Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
+    };
+    if let Err(e) = wait_for_replicas(shared, &shared.bucket_keys[0]).await {
+        return jobs.iter().map(|_| Err(e.clone())).collect();
+    }
+    (1..=jobs.len() as i64)
+        .map(|n| {
+            if skipped.contains(&n) {
+                Err(StoreError::ClaimLost)
+            } else {
+                Ok(())
+            }
+        })
+        .collect()
+}
+
+/// One job's updates that fall in one bucket: (job position, updates).
+type BucketPart<'a> = (usize, Vec<&'a (Box<str>, Delta)>);
+
+/// Redis Cluster: one `EVALSHA` of `apply_bucket.lua` per touched bucket, all sent at
+/// once; a job succeeds when every bucket it touched did.
+async fn flush_cluster(shared: &Shared, jobs: &[Job]) -> Vec<Result<(), StoreError>> {
+    let buckets = shared.bucket_keys.len();
+    // bucket -> the (job, updates) that fall in it, in job order.
+    let mut parts: Vec<Vec<BucketPart<'_>>> = (0..buckets).map(|_| Vec::new()).collect();
+    for (j, job) in jobs.iter().enumerate() {
+        for update in &job.updates {
+            let part = &mut parts[bucket_of(&update.0, buckets)];
+            match part.last_mut() {
+                Some((last, list)) if *last == j => list.push(update),
+                _ => part.push((j, vec![update])),
+            }
+        }
+    }
+    let ttl = millis(shared.idempotency_ttl);
+    let calls = parts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(b, part)| {
+            let bucket_key = &shared.bucket_keys[b];
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(APPLY_BUCKET.get_hash())
+                .arg(2)
+                .arg(bucket_key)
+                .arg(markers_key(bucket_key))
+                .arg(part.len());
+            let mut enc = Encoder::default();
+            let mut updates = 0;
+            for (j, list) in part {
+                cmd.arg(list.len());
+                match &jobs[*j].completion {
+                    Some(c) => {
+                        cmd.arg(&c.key).arg(c.fingerprint.to_hex()).arg(ttl);
+                    }
+                    None => {
+                        cmd.arg("").arg("").arg(0);
+                    }
+                }
+                for (sensor, delta) in list {
+                    cmd.arg(sensor.as_bytes());
+                    enc.push(&mut cmd, delta);
+                }
+                updates += list.len();
+            }
+            let deadline = apply_deadline(shared, updates);
+            async move {
+                let statuses = shared
+                    .call_script::<Vec<i64>>(StoreOp::Apply, &APPLY_BUCKET, &cmd, deadline)
+                    .await
+                    .map_err(write_error)?;
+                wait_for_replicas(shared, bucket_key).await?;
+                Ok::<_, StoreError>(statuses)
+            }
+        });
+    let touched: Vec<usize> = (0..buckets).filter(|b| !parts[*b].is_empty()).collect();
+    let outcomes = futures_util::future::join_all(calls).await;
+
+    // Fold per-bucket outcomes into per-job results.
+    let mut results: Vec<Result<(), StoreError>> = jobs.iter().map(|_| Ok(())).collect();
+    let mut some_applied = vec![false; jobs.len()];
+    for (b, outcome) in touched.iter().zip(outcomes) {
+        for (n, (j, _)) in parts[*b].iter().enumerate() {
+            match &outcome {
+                Ok(statuses) => {
+                    some_applied[*j] = true;
+                    if statuses.get(n) == Some(&2) && results[*j].is_ok() {
+                        results[*j] = Err(StoreError::KeyReused);
+                    }
+                }
+                Err(e) => {
+                    if !matches!(results[*j], Err(StoreError::Interrupted(_))) {
+                        results[*j] = Err(e.clone());
+                    }
+                }
+            }
+        }
+    }
+    for (j, result) in results.iter_mut().enumerate() {
+        // Part of a job in and part not: the retry with its key completes it.
+        if let Err(StoreError::Unavailable(m)) = result
+            && some_applied[j]
+        {
+            *result = Err(StoreError::Interrupted(format!(
+                "applied on some shards only: {m}"
+            )));
+        }
+    }
+    // Record completed keys so retries are answered from the record.
+    let completions = jobs.iter().zip(&results).filter_map(|(job, result)| {
+        let c = job.completion.as_ref().filter(|_| result.is_ok())?;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(COMPLETE.get_hash())
+            .arg(1)
+            .arg(&c.record)
+            .arg(&c.token.0)
+            .arg(c.fingerprint.to_hex())
+            .arg(ttl);
+        Some(async move {
+            // Best effort: without it the claim expires and a retry is still applied
+            // once, thanks to the per-bucket markers.
+            let _ = shared
+                .call_script::<Option<String>>(StoreOp::Apply, &COMPLETE, &cmd, shared.timeout)
+                .await;
+        })
+    });
+    futures_util::future::join_all(completions).await;
+    results
+}
+
+/// Writes one update's count, sum and latest instant as script arguments.
+#[derive(Default)]
+struct Encoder {
+    int: itoa::Buffer,
+    float: ryu::Buffer,
+    latest: String,
+}
+
+impl Encoder {
+    fn push(&mut self, cmd: &mut redis::Cmd, delta: &Delta) {
+        self.latest.clear();
+        let _ = write!(self.latest, "{:029}", delta.latest.to_key());
+        cmd.arg(self.int.format(delta.count))
+            .arg(self.float.format_finite(delta.sum))
+            .arg(self.latest.as_str());
+    }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -3,6 +3,7 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod balancer;
+mod cluster;
 mod durability;
 mod health;
 mod helpers;
