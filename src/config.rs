@@ -82,9 +82,9 @@ pub struct Config {
     pub idempotency_ttl: Duration,
 
     /// Keep the embedded store on disk in this directory (created if missing): a log of
-    /// every write plus periodic snapshots, read back at start. Unset: memory only, and
-    /// everything is lost on restart. Not with `--store redis`.
-    #[arg(long, env = "SENSOR_STATS_DATA_DIR")]
+    /// every write plus periodic snapshots, read back at start. Unset or empty: memory
+    /// only, and everything is lost on restart. Not with `--store redis`.
+    #[arg(long, env = "SENSOR_STATS_DATA_DIR", value_parser = parse_data_dir)]
     pub data_dir: Option<PathBuf>,
 
     /// With `--data-dir`: `always` answers a write only once it is fsynced (nothing
@@ -107,6 +107,12 @@ pub struct Config {
     /// offset. `truncate`: keep what comes before the damage, set the rest aside, start.
     #[arg(long, env = "SENSOR_STATS_RECOVER", value_enum)]
     pub recover: Option<RecoverMode>,
+}
+
+/// Any path; an empty one (`SENSOR_STATS_DATA_DIR=`) means no data dir, so a deployment
+/// can switch off the container image's default.
+fn parse_data_dir(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
 }
 
 /// When the embedded store's log is fsynced.
@@ -175,6 +181,11 @@ impl std::fmt::Debug for RedisUrl {
 }
 
 impl Config {
+    /// The data dir, `None` when unset or empty.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// Checks the settings that depend on each other.
     ///
     /// # Errors
@@ -195,7 +206,7 @@ impl Config {
         if self.redis_timeout.is_zero() {
             return Err("--redis-timeout must be longer than 0s".to_owned());
         }
-        if self.store != StoreKind::Memory && self.data_dir.is_some() {
+        if self.store != StoreKind::Memory && self.data_dir().is_some() {
             return Err(
                 "--data-dir (SENSOR_STATS_DATA_DIR) is for the embedded store; with --store \
                         redis or redis-cluster durability is Redis' own (AOF): give one or the other"
@@ -359,5 +370,19 @@ mod tests {
         assert_eq!(c.snapshot_interval, Duration::from_secs(300));
         assert_eq!(c.recover, Some(RecoverMode::Truncate));
         assert!(Cli::try_parse_from(["sensor-stats", "--fsync", "never"]).is_err());
+        // An empty value switches the data dir off (the image sets one by default).
+        let c = Cli::try_parse_from([
+            "sensor-stats",
+            "--store",
+            "redis",
+            "--redis-url",
+            "redis://x/0",
+            "--data-dir",
+            "",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.data_dir(), None);
+        assert!(c.validate().is_ok());
     }
 }

@@ -66,7 +66,7 @@ impl DurableSettings {
     /// The durable settings of `config`, `None` without a data dir.
     pub fn from_config(config: &Config) -> Option<Self> {
         Some(Self {
-            dir: config.data_dir.clone()?,
+            dir: config.data_dir()?.to_owned(),
             fsync: config.fsync,
             fsync_interval: config.fsync_interval,
             snapshot_interval: config.snapshot_interval,
