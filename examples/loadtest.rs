@@ -68,6 +68,10 @@ struct Args {
     /// always`), durable-interval (`--fsync interval`).
     #[arg(long, default_value = "memory", value_delimiter = ',')]
     stores: Vec<String>,
+    /// Connections of W1 and W2 instead of their usual 4 and 32 (how group commit scales
+    /// with concurrency).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Where the durable stores' temporary data dirs are made (default: the system's
     /// temporary directory).
     #[arg(long)]
@@ -889,8 +893,14 @@ fn main() {
                 let args = &args;
                 eprintln!("running {w} ({}) ...", args.store);
                 rows.push(match w.as_str() {
-                    "w1" => post_workload(args, "W1 POST 1000 x 100 sensors", 1000, 100, 4).await,
-                    "w2" => post_workload(args, "W2 POST 1 measurement", 1, 1, 32).await,
+                    "w1" => {
+                        let conns = args.connections.unwrap_or(4);
+                        post_workload(args, "W1 POST 1000 x 100 sensors", 1000, 100, conns).await
+                    }
+                    "w2" => {
+                        let conns = args.connections.unwrap_or(32);
+                        post_workload(args, "W2 POST 1 measurement", 1, 1, conns).await
+                    }
                     "w3" => w3(args).await,
                     "w4" => w4(args).await,
                     "mem" => memory(args).await,
