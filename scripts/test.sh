@@ -38,6 +38,9 @@ echo "== API suite again, every app backed by its own redis-server (--store redi
 # ran above.
 SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api \
   -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
+echo "== API suite again, every app on its own 3-master/3-replica Redis Cluster (--store redis-cluster)"
+SENSOR_STATS_TEST_STORE=redis-cluster cargo nextest run --locked --no-fail-fast --test api \
+  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
 echo "== API suite again, every app with its own temporary --data-dir (durable store)"
 SENSOR_STATS_TEST_STORE=durable cargo nextest run --locked --no-fail-fast --test api \
   -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'

@@ -37,6 +37,8 @@ pub struct TestApp {
     #[expect(dead_code, reason = "held for its lifetime, not read")]
     data_dir: Option<tempfile::TempDir>,
     pub store: Store,
+    /// The Redis Cluster this app uses in redis-cluster mode, kept alive as long as the app.
+    cluster: Option<Arc<crate::cluster::RedisCluster>>,
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub lifecycle: Arc<Lifecycle>,
@@ -90,6 +92,11 @@ pub fn redis_mode() -> bool {
     std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "redis")
 }
 
+/// Whether the suite runs against a Redis Cluster: `SENSOR_STATS_TEST_STORE=redis-cluster`.
+pub fn cluster_mode() -> bool {
+    std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "redis-cluster")
+}
+
 /// Whether the suite runs with a data dir: `SENSOR_STATS_TEST_STORE=durable` gives every
 /// memory-store app its own temporary `--data-dir`.
 pub fn durable_mode() -> bool {
@@ -99,6 +106,23 @@ pub fn durable_mode() -> bool {
 /// An app on 127.0.0.1:0 in the suite's store mode (its own fresh `redis-server` in redis
 /// mode), ready to serve when this returns.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    if cluster_mode() {
+        let cluster = Arc::new(
+            tokio::task::spawn_blocking(crate::cluster::RedisCluster::start)
+                .await
+                .unwrap(),
+        );
+        let url = cluster.url();
+        let mut app = spawn_app_unready(None, |c| {
+            c.store = StoreKind::RedisCluster;
+            c.redis_url = Some(RedisUrl(url));
+            configure(c);
+        })
+        .await;
+        app.cluster = Some(cluster);
+        app.wait_ready(Duration::from_secs(15)).await;
+        return app;
+    }
     let redis = redis_mode().then(|| Arc::new(RedisServer::start()));
     spawn_app_on(redis, configure).await
 }
@@ -143,6 +167,7 @@ pub async fn spawn_app_unready(
         redis,
         data_dir,
         store,
+        cluster: None,
         addr,
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
         lifecycle,
