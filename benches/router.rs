@@ -1,11 +1,14 @@
 //! Whole requests through the router without a socket: `POST /data` (W1 body) and
 //! `GET /statistics/{sensor}`, with the production middleware stack and with the bare
-//! handlers, so the cost of metrics, tracing, request ids and error mapping shows. The
-//! tracing subscriber is installed as in production (level info, output discarded).
+//! handlers, so the cost of metrics, tracing, request ids and error mapping shows; and the
+//! production stack with API keys configured (`with_middleware_keyed`: every request
+//! carries a bearer token that is hashed and looked up), against `with_middleware`
+//! (keys off). The tracing subscriber is installed as in production (level info, output
+//! discarded).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public functions
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -16,6 +19,7 @@ use axum::{
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sensor_stats::{
+    access::{self, KeySet, Keyring},
     config::LogFormat,
     http::{self, ingest::post_data, statistics::get_statistics},
     state::AppState,
@@ -38,6 +42,24 @@ fn bare() -> Router<AppState> {
     Router::new()
         .route("/data", post(post_data))
         .route("/statistics/{sensor}", get(get_statistics))
+}
+
+/// The production router with API keys (ten keys, as a small fleet would have), and the
+/// token of one that may ingest and read.
+fn keyed() -> (Router, String) {
+    let mut lines = Vec::new();
+    let mut token = String::new();
+    for n in 0..10 {
+        let key = access::generate(&format!("client-{n}"), &["ingest".into(), "read".into()]).unwrap();
+        lines.push(key.line);
+        token = key.token;
+    }
+    let keys = Keyring::from_keys(KeySet::parse(&lines.join("\n")).unwrap());
+    let state = state().with_keys(Arc::new(keys), false);
+    (
+        http::router(state, Duration::from_secs(30)),
+        format!("Bearer {token}"),
+    )
 }
 
 /// The production router, the bare handlers, and the bare handlers with one of
@@ -100,25 +122,38 @@ fn bench_router(c: &mut Criterion) {
     let w1 = bytes::Bytes::from(workload::batch(1000, 100, 1));
     let one = bytes::Bytes::from(workload::batch(1, 1, 1));
 
+    let (keyed_router, token) = keyed();
+    let mut variants: Vec<(&str, Router, Option<&str>)> =
+        routers().into_iter().map(|(v, r)| (v, r, None)).collect();
+    variants.insert(1, ("with_middleware_keyed", keyed_router, Some(token.as_str())));
+
     let mut group = c.benchmark_group("router");
-    for (variant, router) in routers() {
+    for (variant, router, auth) in variants {
+        let request = |builder: axum::http::request::Builder| match auth {
+            Some(auth) => builder.header("authorization", auth),
+            None => builder,
+        };
         group.throughput(Throughput::Elements(1000));
         group.bench_function(BenchmarkId::new("post_w1_batch", variant), |b| {
             b.to_async(&rt).iter(|| {
-                let req = Request::post("/data").body(Body::from(w1.clone())).unwrap();
+                let req = request(Request::post("/data"))
+                    .body(Body::from(w1.clone()))
+                    .unwrap();
                 call(&router, req, StatusCode::NO_CONTENT)
             })
         });
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new("post_one_measurement", variant), |b| {
             b.to_async(&rt).iter(|| {
-                let req = Request::post("/data").body(Body::from(one.clone())).unwrap();
+                let req = request(Request::post("/data"))
+                    .body(Body::from(one.clone()))
+                    .unwrap();
                 call(&router, req, StatusCode::NO_CONTENT)
             })
         });
         group.bench_function(BenchmarkId::new("get_statistics", variant), |b| {
             b.to_async(&rt).iter(|| {
-                let req = Request::get("/statistics/sensor-000000000")
+                let req = request(Request::get("/statistics/sensor-000000000"))
                     .body(Body::empty())
                     .unwrap();
                 call(&router, req, StatusCode::OK)

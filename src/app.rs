@@ -3,7 +3,15 @@
 //!
 //! Connections are served by hyper-util directly rather than `axum::serve`, to own what
 //! axum 0.8's server leaves open: a header-read timer (and a first-byte timer for clients
-//! that connect and say nothing), and a drain with a deadline.
+//! that connect and say nothing), an idle timer between requests, a ceiling on open
+//! connections, TLS, and a drain with a deadline.
+//!
+//! Per connection: past `--max-connections` it is accepted and closed at once; otherwise
+//! its first byte must come within `--header-read-timeout`; with TLS, a first byte that
+//! is not a TLS handshake gets a plain-HTTP 400 saying to use https, and the handshake
+//! must finish within the same timeout; then hyper serves HTTP/1.1 or HTTP/2 (ALPN, or
+//! the HTTP/2 preface without TLS) until the client closes, the connection has seen no
+//! byte in either direction for `--idle-timeout`, or shutdown.
 //!
 //! Start-up: the listener serves at once, `/healthz` answers 503 until the store has
 //! started (a durable store reads its data dir back first); if that fails, `run_until`
@@ -17,7 +25,18 @@
 //! 3. background tasks stop, the store shuts down (a durable store writes a last
 //!    snapshot and closes its log) and `run_until` returns.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -26,15 +45,23 @@ use hyper_util::{
     server::conn::auto,
     service::TowerToHyperService,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    access::Keyring,
     config::Config,
     http,
-    metrics::{Metrics, UPKEEP_INTERVAL},
+    limits::{Limit, OwnedPermit},
+    metrics::{Metrics, TlsFailure, UPKEEP_INTERVAL},
+    reload::{self, Reload, Reloader},
     state::{AppState, Lifecycle},
     store::Store,
+    tls::Tls,
 };
 
 /// A built, bound, not yet serving application.
@@ -45,6 +72,8 @@ pub struct App {
     router: Router,
     state: AppState,
     config: Config,
+    tls: Option<Arc<Tls>>,
+    reloader: Reloader,
 }
 
 impl App {
@@ -60,9 +89,12 @@ impl App {
     }
 
     /// Builds the app on a listener bound by the caller (tests bind `127.0.0.1:0`).
+    /// Reads the API keys file and the TLS files now: a server never starts with other
+    /// keys or another certificate than the ones asked for. Warns when no API keys are
+    /// configured (the API is then open to anyone who reaches the port).
     ///
     /// # Errors
-    /// When the configuration is unusable.
+    /// When the configuration is unusable, or the keys or TLS files cannot be used.
     pub fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr().context("listener has no local address")?;
         let body_limit = usize::try_from(config.body_limit).context("body limit does not fit in memory")?;
@@ -72,7 +104,28 @@ impl App {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = Arc::new(Metrics::new());
         let store = Store::from_config(&config, Arc::clone(&metrics))?;
-        let state = AppState::new(store, metrics, body_limit);
+        let mut state = AppState::new(store, metrics, body_limit).with_max_in_flight(config.max_in_flight());
+        match &config.api_keys_file {
+            Some(path) => {
+                let keys = Arc::new(Keyring::load(path)?);
+                if keys.is_empty() {
+                    tracing::warn!(file = %path.display(), "the API keys file holds no key: every route but /healthz and /livez answers 401");
+                } else {
+                    tracing::info!(keys = keys.len(), file = %path.display(), metrics_public = config.metrics_public, "API keys required");
+                }
+                state = state.with_keys(keys, config.metrics_public);
+            }
+            None => tracing::warn!(
+                "no --api-keys-file (SENSOR_STATS_API_KEYS_FILE): the API is open, anyone who \
+                 can reach the port may post, read and delete statistics"
+            ),
+        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                Tls::load(cert.clone(), key.clone()).map_err(anyhow::Error::msg)?,
+            )),
+            _ => None,
+        };
         let router = http::router(state.clone(), config.request_timeout);
         Ok(Self {
             listener,
@@ -80,6 +133,8 @@ impl App {
             router,
             state,
             config,
+            tls,
+            reloader: Reloader::default(),
         })
     }
 
@@ -98,6 +153,11 @@ impl App {
         self.state.store.clone()
     }
 
+    /// A handle that reloads the API keys and the TLS certificate as SIGHUP does.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Serves until `shutdown` resolves, then drains (see the module docs) and returns.
     ///
     /// # Errors
@@ -107,9 +167,37 @@ impl App {
         let background = CancellationToken::new();
         let background_tasks = TaskTracker::new();
         background_tasks.spawn(upkeep(Arc::clone(&self.state.metrics), background.clone()));
+        let mut reloadable: Vec<Arc<dyn Reload>> = Vec::new();
+        if let Some(keys) = &self.state.keys {
+            reloadable.push(Arc::clone(keys) as Arc<dyn Reload>);
+        }
+        if let Some(tls) = &self.tls {
+            reloadable.push(Arc::clone(tls) as Arc<dyn Reload>);
+        }
+        background_tasks.spawn(reload::run(
+            reloadable,
+            self.config.reload_interval,
+            self.reloader.clone(),
+            Arc::clone(&self.state.metrics),
+            background.clone(),
+        ));
 
-        let server = Server::new(&self.config, self.router.clone());
-        tracing::info!(addr = %self.local_addr, "listening");
+        let server = Server::new(
+            &self.config,
+            self.router.clone(),
+            self.tls.as_ref().map(|t| t.acceptor()),
+            Arc::clone(&self.state.metrics),
+        );
+        tracing::info!(
+            addr = %self.local_addr,
+            tls = self.tls.is_some(),
+            max_in_flight = self.state.in_flight_limit.max(),
+            max_connections = server.connection_limit.max(),
+            idle_timeout = ?self.config.idle_timeout,
+            "listening"
+        );
+        // Ready once the store has started (a durable store reads its data dir back
+        // first); until then /healthz answers 503. A failed start stops the server.
         let starting = {
             let store = self.state.store.clone();
             let lifecycle = Arc::clone(&self.state.lifecycle);
@@ -186,6 +274,10 @@ struct Server {
     router: Router,
     builder: auto::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+    connection_limit: Arc<Limit>,
+    metrics: Arc<Metrics>,
     connections: TaskTracker,
     /// Cancelled when draining starts: connections finish their request and close.
     drain: CancellationToken,
@@ -193,8 +285,18 @@ struct Server {
     abort: CancellationToken,
 }
 
+/// What one connection's task needs of the server.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    service: TowerToHyperService<Router>,
+    idle_timeout: Duration,
+    metrics: Arc<Metrics>,
+    drain: CancellationToken,
+    abort: CancellationToken,
+}
+
 impl Server {
-    fn new(config: &Config, router: Router) -> Self {
+    fn new(config: &Config, router: Router, tls: Option<TlsAcceptor>, metrics: Arc<Metrics>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -205,6 +307,10 @@ impl Server {
             router,
             builder,
             header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            tls,
+            connection_limit: Arc::new(Limit::new(config.max_connections())),
+            metrics,
             connections: TaskTracker::new(),
             drain: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -218,7 +324,15 @@ impl Server {
                 biased;
                 () = &mut stop => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => self.serve(stream),
+                    Ok((stream, _peer)) => match self.connection_limit.try_acquire_owned() {
+                        Some(permit) => self.serve(stream, permit),
+                        // Accepted and closed at once: the client learns now instead of
+                        // waiting in the backlog, and its descriptor is freed at once.
+                        None => {
+                            self.metrics.connection_refused();
+                            drop(stream);
+                        }
+                    },
                     // Per-connection failures (reset before accept) are the client's.
                     Err(e) if is_connection_error(&e) => {}
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -231,14 +345,21 @@ impl Server {
         }
     }
 
-    fn serve(&self, stream: TcpStream) {
+    fn serve(&self, stream: TcpStream, permit: OwnedPermit) {
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(self.router.clone());
-        let builder = self.builder.clone();
+        let connection = Connection {
+            builder: self.builder.clone(),
+            service: TowerToHyperService::new(self.router.clone()),
+            idle_timeout: self.idle_timeout,
+            metrics: Arc::clone(&self.metrics),
+            drain: self.drain.clone(),
+            abort: self.abort.clone(),
+        };
         let first_byte = self.header_read_timeout;
-        let drain = self.drain.clone();
-        let abort = self.abort.clone();
+        let tls = self.tls.clone();
         self.connections.spawn(async move {
+            let _permit = permit;
+            let _open = connection.metrics.connection_opened();
             // hyper's header timer starts at the first byte; a client that connects and
             // sends nothing is closed here, and at once when draining.
             let mut probe = [0u8; 1];
@@ -248,22 +369,33 @@ impl Server {
                         return;
                     }
                 }
-                () = drain.cancelled() => return,
+                () = connection.drain.cancelled() => return,
             }
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    return;
+            let activity = Arc::new(Activity::new());
+            let io = Tracked {
+                inner: stream,
+                activity: Arc::clone(&activity),
+            };
+            let Some(acceptor) = tls else {
+                return connection.serve(io, &activity).await;
+            };
+            // A TLS connection starts with a handshake record (content type 22).
+            if probe[0] != 0x16 {
+                connection.metrics.tls_failure(TlsFailure::PlainHttp);
+                refuse_plain_http(io).await;
+                return;
+            }
+            let handshake = tokio::select! {
+                done = tokio::time::timeout(first_byte, acceptor.accept(io)) => done,
+                () = connection.drain.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(tls_stream)) => connection.serve(tls_stream, &activity).await,
+                Ok(Err(e)) => {
+                    connection.metrics.tls_failure(TlsFailure::Handshake);
+                    tracing::debug!(error = %e, "TLS handshake failed");
                 }
-                () = drain.cancelled() => connection.as_mut().graceful_shutdown(),
-            }
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = abort.cancelled() => {}
+                Err(_) => connection.metrics.tls_failure(TlsFailure::Timeout),
             }
         });
     }
@@ -283,6 +415,153 @@ impl Server {
             self.abort.cancel();
             self.connections.wait().await;
         }
+    }
+}
+
+impl Connection {
+    /// Serves HTTP on `io` until the client closes, the connection idles past the idle
+    /// timeout, or shutdown; `activity` is the time of `io`'s last byte.
+    async fn serve<I>(self, io: I, activity: &Activity)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let connection = self.builder.serve_connection(TokioIo::new(io), self.service);
+        tokio::pin!(connection);
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = self.drain.cancelled() => break,
+                () = idle.as_mut() => {
+                    let quiet = activity.quiet_for();
+                    if quiet >= self.idle_timeout {
+                        self.metrics.connection_idle_closed();
+                        break;
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + (self.idle_timeout - quiet));
+                }
+            }
+        }
+        // HTTP/1: closes now when idle, after the response when a request is in flight;
+        // HTTP/2: GOAWAY, open streams finish.
+        connection.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            () = self.abort.cancelled() => {}
+        }
+    }
+}
+
+/// Answers a plain-HTTP client on the TLS port with a 400 it can read, then closes.
+/// The request is read (briefly) after our half-close so the kernel closes with a FIN,
+/// not a reset that would destroy the answer before the client reads it.
+async fn refuse_plain_http<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
+    const BODY: &str = r#"{"error":"this port serves HTTPS: use https://","index":null}"#;
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let polite = async {
+        io.write_all(response.as_bytes()).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match io.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), polite).await;
+}
+
+/// When a connection last moved a byte, in milliseconds since it was accepted.
+struct Activity {
+    origin: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
+/// A socket that records its last read or written byte in an [`Activity`] (one clock
+/// read per I/O call), for the idle timeout.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

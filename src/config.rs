@@ -1,7 +1,12 @@
 //! `Config`: every setting of the server, read from flags with `SENSOR_STATS_*`
 //! environment fallbacks (clap), with defaults that serve on 0.0.0.0:8080.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::IpAddr,
+    num::{NonZeroU64, NonZeroUsize},
+    path::PathBuf,
+    time::Duration,
+};
 
 /// Server settings. Each flag falls back to its environment variable, then its default.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,6 +86,50 @@ pub struct Config {
     #[arg(long, env = "SENSOR_STATS_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,
 
+    /// File of API keys (`NAME SCOPES sha256:HEX` per line; `sensor-stats keys new` makes
+    /// one). When set, every route but /healthz and /livez needs `Authorization: Bearer`.
+    /// Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "SENSOR_STATS_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Serve GET /metrics without a token even when API keys are configured.
+    #[arg(long, env = "SENSOR_STATS_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN). Needs --tls-key.
+    /// Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "SENSOR_STATS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SENSOR_STATS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often the API keys and TLS files are checked for changes; `0s`: only on SIGHUP.
+    #[arg(long, env = "SENSOR_STATS_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+
+    /// Requests served at once; past it, requests are refused at once with 503 and
+    /// `Retry-After: 1` (never /healthz, /livez, /metrics). Default: 64 per CPU core.
+    #[arg(long, env = "SENSOR_STATS_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<NonZeroUsize>,
+
+    /// Most sensors the store may track; a batch that would pass it is refused whole with
+    /// 507. Default: unlimited.
+    #[arg(long, env = "SENSOR_STATS_MAX_SENSORS")]
+    pub max_sensors: Option<NonZeroU64>,
+
+    /// A keep-alive connection without traffic for this long is closed. Keep it above the
+    /// idle timeout of the load balancer in front (60 s for most), so the balancer closes
+    /// first and never sends a request on a connection we are closing.
+    #[arg(long, env = "SENSOR_STATS_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Open connections at most; past it new connections are accepted and closed at once.
+    /// Default: 10000, or the open-file limit less 128 when that is lower.
+    #[arg(long, env = "SENSOR_STATS_MAX_CONNECTIONS")]
+    pub max_connections: Option<NonZeroUsize>,
+
     /// Keep the embedded store on disk in this directory (created if missing): a log of
     /// every write plus periodic snapshots, read back at start. Unset or empty: memory
     /// only, and everything is lost on restart. Not with `--store redis`.
@@ -131,6 +180,14 @@ pub enum RecoverMode {
     /// Keep what comes before the first damaged record; set the damaged files aside.
     Truncate,
 }
+
+/// Requests in flight per CPU core when `--max-in-flight` is not given.
+pub const IN_FLIGHT_PER_CORE: usize = 64;
+/// Open connections when `--max-connections` is not given and the open-file limit is higher.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// File descriptors kept free of connections under the open-file limit (logs, Redis,
+/// the keys file, the listener).
+pub const RESERVED_FDS: usize = 128;
 
 /// Which backend holds the statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -219,8 +276,50 @@ impl Config {
         if self.snapshot_interval.is_zero() {
             return Err("--snapshot-interval must be longer than 0s".to_owned());
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together: give both or neither".to_owned());
+        }
+        if self.idle_timeout.is_zero() {
+            return Err("--idle-timeout must be longer than 0s".to_owned());
+        }
         Ok(())
     }
+
+    /// `--max-in-flight`, or [`IN_FLIGHT_PER_CORE`] per core the process may use.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.map_or_else(
+            || IN_FLIGHT_PER_CORE * std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            NonZeroUsize::get,
+        )
+    }
+
+    /// `--max-connections`, or [`DEFAULT_MAX_CONNECTIONS`] capped by the open-file limit
+    /// less [`RESERVED_FDS`].
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.map_or_else(
+            || match open_file_limit() {
+                Some(fds) => DEFAULT_MAX_CONNECTIONS.min(fds.saturating_sub(RESERVED_FDS).max(1)),
+                None => DEFAULT_MAX_CONNECTIONS,
+            },
+            NonZeroUsize::get,
+        )
+    }
+}
+
+/// The soft limit on open files of this process (Linux: `/proc/self/limits`); `None`
+/// when unknown or unlimited.
+pub fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&limits)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// How log lines are written.
@@ -257,6 +356,15 @@ impl Default for Config {
             fsync_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(60),
             recover: None,
+            api_keys_file: None,
+            metrics_public: false,
+            tls_cert: None,
+            tls_key: None,
+            reload_interval: Duration::from_secs(1),
+            max_in_flight: None,
+            max_sensors: None,
+            idle_timeout: Duration::from_secs(75),
+            max_connections: None,
         }
     }
 }
@@ -384,5 +492,61 @@ mod tests {
         .config;
         assert_eq!(c.data_dir(), None);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn access_and_overload_flags_parse_and_validate() {
+        let c = Cli::try_parse_from([
+            "sensor-stats",
+            "--api-keys-file",
+            "/run/secrets/keys",
+            "--metrics-public",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--max-in-flight",
+            "4",
+            "--max-sensors",
+            "1000",
+            "--idle-timeout",
+            "5s",
+            "--max-connections",
+            "20",
+        ])
+        .unwrap()
+        .config;
+        assert!(c.validate().is_ok());
+        assert!(c.metrics_public);
+        assert_eq!(c.max_in_flight(), 4);
+        assert_eq!(c.max_connections(), 20);
+        assert_eq!(c.max_sensors.map(NonZeroU64::get), Some(1000));
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        let only_cert = Cli::try_parse_from(["sensor-stats", "--tls-cert", "c.pem"])
+            .unwrap()
+            .config;
+        assert!(only_cert.validate().unwrap_err().contains("--tls-key"));
+        assert!(Cli::try_parse_from(["sensor-stats", "--max-in-flight", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sensor-stats", "--max-sensors", "0"]).is_err());
+    }
+
+    #[test]
+    fn defaults_come_from_the_cores_and_the_open_file_limit() {
+        let c = Config::default();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.max_in_flight(), IN_FLIGHT_PER_CORE * cores);
+        let expected = open_file_limit().map_or(DEFAULT_MAX_CONNECTIONS, |fds| {
+            DEFAULT_MAX_CONNECTIONS.min(fds - RESERVED_FDS)
+        });
+        assert_eq!(c.max_connections(), expected);
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_open_file_limit(limits), Some(1024));
+        assert_eq!(
+            parse_open_file_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            None
+        );
     }
 }

@@ -14,21 +14,30 @@
 //! - [`app`]: binds the listener, serves connections, runs shutdown. The only place
 //!   that wires modules together.
 //! - Leaves anyone may use: [`config`] (flags and env), [`telemetry`] (logs),
-//!   [`metrics`] (every metric name), [`shutdown`] (signals), [`state`] (handler state).
+//!   [`metrics`] (every metric name), [`shutdown`] (signals), [`state`] (handler state),
+//!   [`limits`] (in-flight and connection ceilings), [`reload`] (SIGHUP and file
+//!   changes).
+//! - [`access`]: API keys: the keys file, the keyring requests are checked against,
+//!   `sensor-stats keys new`. [`tls`]: the rustls configuration with a reloadable
+//!   certificate. Neither knows HTTP; `http::access` applies them to routes.
 //! - [`healthcheck`]: the `sensor-stats healthcheck` probe used by the container.
 //! - [`workload`]: deterministic request bodies for benches and the load test.
 
+pub mod access;
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod healthcheck;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
+pub mod reload;
 pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod workload;
 
 pub use app::App;

@@ -58,6 +58,24 @@ pub const SNAPSHOT_BYTES: &str = "sensor_stats_snapshot_size_bytes";
 pub const SNAPSHOT_FAILURES: &str = "sensor_stats_snapshot_failures_total";
 /// Gauge: how long reading the data dir back took at start-up, in seconds.
 pub const REPLAY_DURATION: &str = "sensor_stats_replay_duration_seconds";
+/// Counter: requests refused by access control (401, 403), by reason ([`AuthFailure`]).
+pub const AUTH_FAILURES: &str = "sensor_stats_auth_failures_total";
+/// Counter: requests refused at once with 503 because `--max-in-flight` were in flight.
+pub const SHED: &str = "sensor_stats_requests_shed_total";
+/// Counter: batches refused whole (507) because they would pass `--max-sensors`.
+pub const SENSOR_CAP_REFUSALS: &str = "sensor_stats_ingest_sensor_cap_refusals_total";
+/// Gauge: TCP connections open (served, including TLS handshakes in progress).
+pub const CONNECTIONS_OPEN: &str = "sensor_stats_connections_open";
+/// Counter: connections accepted and closed at once because `--max-connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "sensor_stats_connections_refused_total";
+/// Counter: keep-alive connections closed after `--idle-timeout` without traffic.
+pub const CONNECTIONS_IDLE_CLOSED: &str = "sensor_stats_connections_idle_closed_total";
+/// Counter: TLS connections that never got to HTTP, by reason ([`TlsFailure`]).
+pub const TLS_HANDSHAKE_FAILURES: &str = "sensor_stats_tls_handshake_failures_total";
+/// Counter: reloads of files (API keys, TLS certificate) by what and result (`ok`, `error`).
+pub const RELOADS: &str = "sensor_stats_reloads_total";
+/// Gauge: API keys in force (0 when access control is off).
+pub const API_KEYS: &str = "sensor_stats_api_keys";
 
 /// Label key: matched route template (`/statistics/{sensor}`) or `unmatched`.
 pub const LABEL_ROUTE: &str = "route";
@@ -71,6 +89,66 @@ pub const LABEL_REASON: &str = "reason";
 pub const LABEL_OP: &str = "op";
 /// Label key: kind of store failure.
 pub const LABEL_KIND: &str = "kind";
+/// Label key: what was reloaded (`api_keys`, `tls`).
+pub const LABEL_WHAT: &str = "what";
+/// Label key: outcome (`ok`, `error`).
+pub const LABEL_RESULT: &str = "result";
+
+/// Why access control refused a request, as bounded label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header (401).
+    Missing,
+    /// An `Authorization` header that is not `Bearer <token>` (401).
+    Malformed,
+    /// A token that no key has (401).
+    Unknown,
+    /// A known key without the route's scope (403).
+    Forbidden,
+}
+
+impl AuthFailure {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 4] = [Self::Missing, Self::Malformed, Self::Unknown, Self::Forbidden];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+            Self::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// Why a connection to the TLS port never got to HTTP, as bounded label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The client spoke plain HTTP (answered with a 400 that says to use https).
+    PlainHttp,
+    /// The handshake failed (no common version or cipher, an untrusted certificate...).
+    Handshake,
+    /// The handshake did not finish within `--header-read-timeout`.
+    Timeout,
+}
+
+impl TlsFailure {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 3] = [Self::PlainHttp, Self::Handshake, Self::Timeout];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PlainHttp => "plain_http",
+            Self::Handshake => "handshake",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// What can be reloaded, as label values.
+pub const RELOAD_WHATS: [&str; 2] = ["api_keys", "tls"];
 
 /// The calls a networked store makes, as bounded label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +199,9 @@ impl StoreOp {
 pub const STORE_ERROR_KINDS: [&str; 3] = ["timeout", "unavailable", "server"];
 
 /// Every rejection reason the HTTP layer can report.
-pub const REJECTION_REASONS: [&str; 13] = [
+pub const REJECTION_REASONS: [&str; 15] = [
+    "unauthorized",
+    "forbidden",
     "malformed_json",
     "invalid_idempotency_key",
     "idempotency_key_in_use",
@@ -186,6 +266,14 @@ pub struct Metrics {
     snapshot_bytes: Gauge,
     snapshot_failures: Counter,
     replay_duration: Gauge,
+    auth_failures: [Counter; AuthFailure::ALL.len()],
+    shed: Counter,
+    sensor_cap_refusals: Counter,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    idle_closed: Counter,
+    tls_failures: [Counter; TlsFailure::ALL.len()],
+    api_keys: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -253,15 +341,45 @@ impl Metrics {
         let replays = recorder.register_counter(&Key::from_static_name(IDEMPOTENT_REPLAYS), &METADATA);
         replays.absolute(0);
 
+        let labelled = |name: &'static str, key: &'static str, value: &'static str| {
+            let counter = recorder.register_counter(
+                &Key::from_parts(name, vec![Label::from_static_parts(key, value)]),
+                &METADATA,
+            );
+            counter.absolute(0);
+            counter
+        };
+        let auth_failures = AuthFailure::ALL.map(|r| labelled(AUTH_FAILURES, LABEL_REASON, r.label()));
+        let tls_failures = TlsFailure::ALL.map(|r| labelled(TLS_HANDSHAKE_FAILURES, LABEL_REASON, r.label()));
+        for what in RELOAD_WHATS {
+            for result in ["ok", "error"] {
+                recorder
+                    .register_counter(&reload_key(what, result), &METADATA)
+                    .absolute(0);
+            }
+        }
         let plain = |name: &'static str| Key::from_static_name(name);
         let zero = |name: &'static str| {
-            let c = recorder.register_counter(&plain(name), &METADATA);
-            c.absolute(0);
-            c
+            let counter = recorder.register_counter(&plain(name), &METADATA);
+            counter.absolute(0);
+            counter
+        };
+        let zero_gauge = |name: &'static str| {
+            let gauge = recorder.register_gauge(&plain(name), &METADATA);
+            gauge.set(0.0);
+            gauge
         };
         let (wal_bytes, wal_errors, snapshot_failures) =
             (zero(WAL_BYTES), zero(WAL_ERRORS), zero(SNAPSHOT_FAILURES));
         Self {
+            auth_failures,
+            tls_failures,
+            shed: zero(SHED),
+            sensor_cap_refusals: zero(SENSOR_CAP_REFUSALS),
+            connections_refused: zero(CONNECTIONS_REFUSED),
+            idle_closed: zero(CONNECTIONS_IDLE_CLOSED),
+            connections_open: zero_gauge(CONNECTIONS_OPEN),
+            api_keys: zero_gauge(API_KEYS),
             wal_fsync: recorder.register_histogram(&plain(WAL_FSYNC_DURATION), &METADATA),
             wal_bytes,
             wal_errors,
@@ -407,6 +525,55 @@ impl Metrics {
         self.replay_duration.set(elapsed.as_secs_f64());
     }
 
+    /// Counts a request refused by access control.
+    pub fn auth_failure(&self, reason: AuthFailure) {
+        self.auth_failures[reason as usize].increment(1);
+    }
+
+    /// Counts a request refused because too many were in flight.
+    pub fn shed(&self) {
+        self.shed.increment(1);
+    }
+
+    /// Counts a batch refused because it would pass the sensor cap.
+    pub fn sensor_cap_refused(&self) {
+        self.sensor_cap_refusals.increment(1);
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections_open.increment(1.0);
+        OpenConnection(self.connections_open.clone())
+    }
+
+    /// Counts a connection closed at once because too many were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.increment(1);
+    }
+
+    /// Counts a keep-alive connection closed for being idle.
+    pub fn connection_idle_closed(&self) {
+        self.idle_closed.increment(1);
+    }
+
+    /// Counts a TLS connection that never got to HTTP.
+    pub fn tls_failure(&self, reason: TlsFailure) {
+        self.tls_failures[reason as usize].increment(1);
+    }
+
+    /// Counts a reload of `what` (one of [`RELOAD_WHATS`]) that succeeded or failed.
+    pub fn reload(&self, what: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.recorder
+            .register_counter(&reload_key(what, result), &METADATA)
+            .increment(1);
+    }
+
+    /// Sets how many API keys are in force.
+    pub fn api_keys(&self, keys: usize) {
+        self.api_keys.set(keys as f64);
+    }
+
     /// Folds pending histogram samples into buckets; run every [`UPKEEP_INTERVAL`].
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
@@ -434,6 +601,16 @@ impl Drop for InFlight {
     }
 }
 
+/// Holds one connection in the open-connections gauge; see [`Metrics::connection_opened`].
+#[must_use = "the connection stops counting as open when this is dropped"]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -450,8 +627,18 @@ fn store_error_key(op: StoreOp, kind: &'static str) -> Key {
     )
 }
 
+fn reload_key(what: &'static str, result: &'static str) -> Key {
+    Key::from_parts(
+        RELOADS,
+        vec![
+            Label::from_static_parts(LABEL_WHAT, what),
+            Label::from_static_parts(LABEL_RESULT, result),
+        ],
+    )
+}
+
 fn describe(r: &PrometheusRecorder) {
-    let items: [(&'static str, Unit, &'static str); 22] = [
+    let items: [(&'static str, Unit, &'static str); 31] = [
         (
             HTTP_REQUESTS,
             Unit::Count,
@@ -539,15 +726,55 @@ fn describe(r: &PrometheusRecorder) {
             Unit::Count,
             "POST /data retries answered from their Idempotency-Key record, not applied again.",
         ),
+        (
+            AUTH_FAILURES,
+            Unit::Count,
+            "Requests refused by access control: missing, malformed or unknown token (401), missing scope (403).",
+        ),
+        (
+            SHED,
+            Unit::Count,
+            "Requests refused at once with 503 because --max-in-flight requests were in flight.",
+        ),
+        (
+            SENSOR_CAP_REFUSALS,
+            Unit::Count,
+            "POST /data batches refused whole (507) because they would pass --max-sensors.",
+        ),
+        (CONNECTIONS_OPEN, Unit::Count, "TCP connections open."),
+        (
+            CONNECTIONS_REFUSED,
+            Unit::Count,
+            "Connections closed at once because --max-connections were open.",
+        ),
+        (
+            CONNECTIONS_IDLE_CLOSED,
+            Unit::Count,
+            "Keep-alive connections closed after --idle-timeout without traffic.",
+        ),
+        (
+            TLS_HANDSHAKE_FAILURES,
+            Unit::Count,
+            "TLS connections that never got to HTTP, by reason.",
+        ),
+        (
+            RELOADS,
+            Unit::Count,
+            "Reloads of the API keys file and the TLS certificate, by result; on error the previous version stays in force.",
+        ),
+        (
+            API_KEYS,
+            Unit::Count,
+            "API keys in force (0: access control off).",
+        ),
     ];
     for (name, unit, help) in items {
         let key = name.into();
         match name {
             HTTP_DURATION | BODY_BYTES | STORE_DURATION | FLUSH_REQUESTS | WAL_FSYNC_DURATION
             | SNAPSHOT_DURATION => r.describe_histogram(key, Some(unit), help.into()),
-            HTTP_IN_FLIGHT | SENSORS | BUILD_INFO | STORE_UP | SNAPSHOT_BYTES | REPLAY_DURATION => {
-                r.describe_gauge(key, Some(unit), help.into())
-            }
+            HTTP_IN_FLIGHT | SENSORS | BUILD_INFO | STORE_UP | CONNECTIONS_OPEN | API_KEYS
+            | SNAPSHOT_BYTES | REPLAY_DURATION => r.describe_gauge(key, Some(unit), help.into()),
             _ => r.describe_counter(key, Some(unit), help.into()),
         }
     }
@@ -567,6 +794,13 @@ mod tests {
             DELETES,
             STORE_ERRORS,
             IDEMPOTENT_REPLAYS,
+            AUTH_FAILURES,
+            SHED,
+            SENSOR_CAP_REFUSALS,
+            CONNECTIONS_REFUSED,
+            CONNECTIONS_IDLE_CLOSED,
+            TLS_HANDSHAKE_FAILURES,
+            RELOADS,
             WAL_BYTES,
             WAL_ERRORS,
             SNAPSHOT_FAILURES,

@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use crate::{metrics::Metrics, store::Store, telemetry::LogSampler};
+use crate::{
+    access::Keyring, config::Config, limits::Limit, metrics::Metrics, store::Store, telemetry::LogSampler,
+};
 
 /// Shared by all handlers; every field is a handle, cloning is a few reference counts.
 #[derive(Debug, Clone)]
@@ -24,13 +26,20 @@ pub struct AppState {
     pub body_limit: usize,
     /// Keeps rejected-request log lines to a trickle under a storm of bad requests.
     pub rejection_log: Arc<LogSampler>,
+    /// The API keys in force; `None` when access control is off (`--api-keys-file` unset).
+    pub keys: Option<Arc<Keyring>>,
+    /// `/metrics` needs no token even with keys (`--metrics-public`).
+    pub metrics_public: bool,
+    /// Requests being served, up to `--max-in-flight`.
+    pub in_flight_limit: Arc<Limit>,
 }
 
 /// At most one "request rejected" log line per this interval; the rest are counted.
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl AppState {
-    /// State over `store`, recording into `metrics`, not yet ready.
+    /// State over `store`, recording into `metrics`, not yet ready; open (no API keys),
+    /// with the default in-flight limit.
     pub fn new(store: Store, metrics: Arc<Metrics>, body_limit: usize) -> Self {
         Self {
             store,
@@ -38,7 +47,26 @@ impl AppState {
             lifecycle: Arc::new(Lifecycle::default()),
             body_limit,
             rejection_log: Arc::new(LogSampler::new(REJECTION_LOG_INTERVAL)),
+            keys: None,
+            metrics_public: false,
+            in_flight_limit: Arc::new(Limit::new(Config::default().max_in_flight())),
         }
+    }
+
+    /// Requires the API keys of `keys` (`public_metrics`: except on `/metrics`).
+    #[must_use]
+    pub fn with_keys(mut self, keys: Arc<Keyring>, public_metrics: bool) -> Self {
+        self.metrics.api_keys(keys.len());
+        self.keys = Some(keys);
+        self.metrics_public = public_metrics;
+        self
+    }
+
+    /// Serves at most `max` requests at once (see `--max-in-flight`).
+    #[must_use]
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.in_flight_limit = Arc::new(Limit::new(max));
+        self
     }
 }
 

@@ -11,13 +11,17 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
+    access::Scope,
     domain::{IdempotencyKeyError, SensorIdError},
     ingest::DecodeError,
+    metrics::AuthFailure,
     store::StoreError,
 };
 
 /// What `Retry-After` says on a 503: try again in a second.
 pub const RETRY_AFTER_SECONDS: &str = "1";
+/// The `WWW-Authenticate` challenge of every 401 (RFC 6750).
+pub const WWW_AUTHENTICATE: &str = r#"Bearer realm="sensor-stats""#;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,36 @@ pub enum ApiError {
          applied: use a new key for a new batch"
     )]
     IdempotencyReused,
+    /// No token, a malformed `Authorization` header, or an unknown token.
+    #[error("{}", unauthorized_message(*.0))]
+    Unauthorized(AuthFailure),
+    /// A known key without the scope the request needs.
+    #[error("API key {key:?} does not have the `{scope}` scope this request needs; nothing was applied")]
+    Forbidden {
+        /// The key's name.
+        key: Box<str>,
+        /// The scope it lacks.
+        scope: Scope,
+    },
+    /// As many requests as `--max-in-flight` allows are being served.
+    #[error(
+        "the server is serving as many requests as it allows ({0}); nothing was applied, \
+         retry in a second"
+    )]
+    Overloaded(usize),
+}
+
+fn unauthorized_message(reason: AuthFailure) -> &'static str {
+    match reason {
+        AuthFailure::Malformed => "the Authorization header must be `Bearer <token>`; nothing was applied",
+        AuthFailure::Unknown => {
+            "the bearer token is not a valid API key (mistyped, revoked, or for another \
+             deployment); nothing was applied"
+        }
+        AuthFailure::Missing | AuthFailure::Forbidden => {
+            "this route needs an API key: send `Authorization: Bearer <token>`; nothing was applied"
+        }
+    }
 }
 
 /// Marks a response as a rejection: a bounded reason for the rejection counter and the
@@ -112,8 +146,12 @@ impl ApiError {
             Self::IdempotencyReused | Self::Store(StoreError::KeyReused) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
+            Self::Store(StoreError::SensorCap(_)) => (StatusCode::INSUFFICIENT_STORAGE, "sensor_cap"),
             Self::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::IdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         }
     }
 }
@@ -131,6 +169,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(WWW_AUTHENTICATE),
+            );
         }
         response
     }

@@ -2,9 +2,10 @@
 //! (decompressed) body within the limit, decodes it with `ingest::decode` and applies the
 //! batch, with the key's record in the same store step.
 
-use std::error::Error as StdError;
+use std::{borrow::Cow, error::Error as StdError};
 
 use axum::{
+    Extension,
     body::{Body, HttpBody as _},
     extract::State,
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
@@ -14,10 +15,10 @@ use http_body_util::{BodyExt as _, Limited};
 
 use crate::{
     domain::{Fingerprint, IdempotencyKey},
-    http::error::ApiError,
+    http::{access::Caller, error::ApiError},
     ingest,
     state::AppState,
-    store::{Claim, ClaimToken, Completion, Store},
+    store::{Claim, ClaimToken, Completion, Store, StoreError},
 };
 
 /// The request header that makes a retry count once.
@@ -26,9 +27,12 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Takes a batch; 204 when every measurement was applied, 4xx with nothing applied otherwise.
-/// Records `measurements` and `sensors` on the request span.
+/// Records `measurements` and `sensors` on the request span. With API keys, an
+/// Idempotency-Key belongs to the key that sent it (`"<key name> <idempotency key>"`: a
+/// space is in neither, so two clients' keys never meet).
 pub async fn post_data(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -39,6 +43,11 @@ pub async fn post_data(
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let key = IdempotencyKey::parse(raw_key.as_bytes())?.as_str();
+    let key = match &caller {
+        Some(Extension(Caller(api_key))) => Cow::Owned(format!("{} {key}", api_key.name)),
+        None => Cow::Borrowed(key),
+    };
+    let key = key.as_ref();
     match state.store.claim(key).await? {
         Claim::InProgress => Err(ApiError::IdempotencyInProgress),
         Claim::Completed(fingerprint) => {
@@ -87,7 +96,15 @@ async fn apply(
 ) -> Result<(), ApiError> {
     state.metrics.body_bytes(body.len());
     let batch = ingest::decode(body)?;
-    state.store.record_batch(&batch, completion).await?;
+    state
+        .store
+        .record_batch(&batch, completion)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, StoreError::SensorCap(_)) {
+                state.metrics.sensor_cap_refused();
+            }
+        })?;
     state.metrics.batch_accepted(batch.measurements());
     let span = tracing::Span::current();
     span.record("measurements", batch.measurements());

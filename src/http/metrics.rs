@@ -13,6 +13,9 @@ use crate::{http::error::Rejection, state::AppState};
 
 /// Renders the Prometheus text exposition.
 pub async fn render_metrics(State(state): State<AppState>) -> Response {
+    if let Some(keys) = &state.keys {
+        state.metrics.api_keys(keys.len());
+    }
     let text = state.metrics.render(state.store.sensors_tracked().await);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -1,6 +1,7 @@
 //! The HTTP edge: the route table and the middleware stack. Handlers are thin; decoding
 //! lives in `ingest`, statistics in `store`. The only axum code besides `app`.
 
+pub mod access;
 pub mod error;
 pub mod health;
 pub mod ingest;
@@ -17,7 +18,7 @@ use axum::{
     extract::{Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse as _, Response},
     routing::{get, post},
 };
 use tower::ServiceBuilder;
@@ -97,16 +98,24 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .with_state(state)
 }
 
-/// The one middleware of ours around every route: counts and times the request, gives
-/// framework errors our JSON shape, and while draining asks clients to close the
-/// connection after this response (so keep-alive clients reconnect to another replica).
-/// One layer rather than three: each `from_fn` layer costs a boxed future per request.
-pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The one middleware of ours around every route: sheds load and checks API keys
+/// ([`access::admit`]), counts and times the request, gives framework errors our JSON
+/// shape, and while draining asks clients to close the connection after this response
+/// (so keep-alive clients reconnect to another replica). One layer rather than several:
+/// each `from_fn` layer costs a boxed future per request.
+pub async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = metrics::route_label(request.extensions().get());
     let method = metrics::method_label(request.method());
     let in_flight = state.metrics.in_flight();
-    let response = next.run(request).await;
+    let response = match access::admit(&state, route, &mut request) {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(refusal) => refusal.into_response(),
+    };
     drop(in_flight);
     let mut response = error::jsonify(response, state.body_limit);
     if state.lifecycle.is_draining() {

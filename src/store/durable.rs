@@ -60,6 +60,8 @@ pub struct DurableSettings {
     pub pending_ttl: Duration,
     /// `--idempotency-ttl`.
     pub idempotency_ttl: Duration,
+    /// `--max-sensors`.
+    pub max_sensors: Option<u64>,
 }
 
 impl DurableSettings {
@@ -73,6 +75,7 @@ impl DurableSettings {
             truncate: config.recover == Some(RecoverMode::Truncate),
             pending_ttl: config.request_timeout,
             idempotency_ttl: config.idempotency_ttl,
+            max_sensors: config.max_sensors.map(std::num::NonZeroU64::get),
         })
     }
 }
@@ -164,6 +167,7 @@ impl DurableStore {
                 fsync_interval: self.settings.fsync_interval,
                 first_segment: found.next_segment,
                 prev_len: found.prev_len,
+                max_sensors: self.settings.max_sensors,
             },
             Arc::clone(&self.map),
             Arc::clone(&self.claims),

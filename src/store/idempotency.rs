@@ -82,26 +82,27 @@ impl Claims {
         }
     }
 
-    /// When `key` is still claimed by `token`: runs `apply`, then records the key as
-    /// completed with `fingerprint`. Returns whether it did (false: the claim was lost).
-    pub fn complete(
+    /// When `key` is still claimed by `token`: runs `apply`, and when it succeeds records
+    /// the key as completed with `fingerprint`. `None` when the claim was lost (nothing
+    /// run); `apply`'s result otherwise (on error the claim stays pending, to be released).
+    pub fn complete<E>(
         &self,
         key: &str,
         token: &ClaimToken,
         fingerprint: Fingerprint,
-        apply: impl FnOnce(),
-    ) -> bool {
+        apply: impl FnOnce() -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
         let now = Instant::now();
-        let Some(mut record) = self.records.get_mut(key) else {
-            return false;
-        };
+        let mut record = self.records.get_mut(key)?;
         if !matches!(&record.state, State::Pending(t) if t == token) || record.expires <= now {
-            return false;
+            return None;
         }
-        apply();
+        if let Err(e) = apply() {
+            return Some(Err(e));
+        }
         record.state = State::Done(fingerprint, unix_ms());
         record.expires = now + self.done_ttl;
-        true
+        Some(Ok(()))
     }
 
     /// For the durable store, before its batch goes to the log: when `token` still holds
@@ -191,10 +192,30 @@ mod tests {
         assert!(matches!(claims.claim("k"), Claim::InProgress));
         let fp = Fingerprint::of(b"[]");
         let mut applied = 0;
-        assert!(claims.complete("k", &token, fp, || applied += 1));
-        assert!(!claims.complete("k", &token, fp, || applied += 1));
+        let mut apply = || {
+            applied += 1;
+            Ok::<(), ()>(())
+        };
+        assert_eq!(claims.complete("k", &token, fp, &mut apply), Some(Ok(())));
+        assert_eq!(claims.complete("k", &token, fp, &mut apply), None);
         assert_eq!(applied, 1);
         assert!(matches!(claims.claim("k"), Claim::Completed(f) if f == fp));
+    }
+
+    #[test]
+    fn a_failed_apply_leaves_the_claim_pending_for_release() {
+        let claims = Claims::new(Duration::from_secs(30), Duration::from_secs(60));
+        let Claim::Claimed(token) = claims.claim("k") else {
+            panic!("first claim")
+        };
+        let fp = Fingerprint::of(b"[]");
+        assert_eq!(
+            claims.complete("k", &token, fp, || Err("full")),
+            Some(Err("full"))
+        );
+        assert!(matches!(claims.claim("k"), Claim::InProgress));
+        claims.release("k", &token);
+        assert!(matches!(claims.claim("k"), Claim::Claimed(_)));
     }
 
     #[test]
@@ -207,7 +228,12 @@ mod tests {
         let Claim::Claimed(new) = claims.claim("k") else {
             panic!()
         };
-        assert!(!claims.complete("k", &old, Fingerprint::of(b""), || panic!("applied")));
+        assert_eq!(
+            claims.complete("k", &old, Fingerprint::of(b""), || -> Result<(), ()> {
+                panic!("applied")
+            }),
+            None
+        );
         claims.release("k", &old);
         assert_eq!(claims.len(), 1, "a stale token must not release another claim");
         claims.release("k", &new);

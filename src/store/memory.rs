@@ -15,8 +15,15 @@
 //! across an `.await` (this module has none), and no other map call is made while one is
 //! held (a same-shard call would deadlock). A writer racing a `DELETE` lands wholly
 //! before it (its cell is removed) or wholly after it (a fresh cell).
+//!
+//! With a sensor cap ([`MemoryStore::with_max_sensors`]) the store also counts its
+//! sensors in an atomic (`DashMap::len` visits every shard), and a batch first reserves
+//! room for the sensors it would add (see [`MemoryStore::try_record_batch`]). Without a
+//! cap none of that runs.
 
-use dashmap::DashMap;
+use std::sync::atomic::AtomicUsize;
+
+use dashmap::{DashMap, mapref::entry::Entry};
 use portable_atomic::{AtomicU128, Ordering};
 
 use crate::domain::{Batch, Delta, SensorId, Summary, Timestamp};
@@ -25,6 +32,45 @@ use crate::domain::{Batch, Delta, SensorId, Summary, Timestamp};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     cells: DashMap<Box<str>, Cell, foldhash::fast::RandomState>,
+    cap: Option<SensorCap>,
+}
+
+/// The sensor cap and the count it is checked against.
+#[derive(Debug)]
+struct SensorCap {
+    max: usize,
+    /// Sensors in the map plus room reserved by batches being applied.
+    tracked: AtomicUsize,
+}
+
+impl SensorCap {
+    /// Reserves room for `new` sensors, unless that would pass the cap.
+    fn reserve(&self, new: usize) -> bool {
+        let mut current = self.tracked.load(Ordering::Acquire);
+        loop {
+            if current.saturating_add(new) > self.max {
+                return false;
+            }
+            match self.tracked.compare_exchange_weak(
+                current,
+                current + new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// After applying: `reserved` slots were taken, `inserted` sensors were created.
+    fn settle(&self, reserved: usize, inserted: usize) {
+        if inserted > reserved {
+            self.tracked.fetch_add(inserted - reserved, Ordering::AcqRel);
+        } else if reserved > inserted {
+            self.tracked.fetch_sub(reserved - inserted, Ordering::AcqRel);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -70,24 +116,82 @@ fn unpack(bits: u128) -> (u64, f64) {
 }
 
 impl MemoryStore {
-    /// Applies every delta of `batch`: one map lookup and one CAS per sensor.
-    pub fn record_batch(&self, batch: &Batch<'_>) {
-        for (sensor, delta) in batch.deltas() {
-            self.record(sensor, delta);
+    /// An empty store that tracks at most `max` sensors (see [`MemoryStore::try_record_batch`]).
+    pub fn with_max_sensors(max: usize) -> Self {
+        Self {
+            cells: DashMap::default(),
+            cap: Some(SensorCap {
+                max,
+                tracked: AtomicUsize::new(0),
+            }),
         }
     }
 
-    fn record(&self, sensor: SensorId<'_>, delta: &Delta) {
+    /// Applies every delta of `batch`, whatever the sensor cap: one map lookup and one
+    /// CAS per sensor.
+    pub fn record_batch(&self, batch: &Batch<'_>) {
+        let inserted = self.apply(batch);
+        if let Some(cap) = &self.cap {
+            cap.settle(0, inserted);
+        }
+    }
+
+    /// Applies `batch` unless it would make the store track more sensors than its cap;
+    /// then applies nothing and returns the cap. Sensors already tracked always fit.
+    ///
+    /// The batch's unknown sensors are counted first and room for them reserved in one
+    /// compare-and-swap, so concurrent batches cannot pass the cap together. Two batches
+    /// creating the same sensor at once both reserve a slot for it (the spare one is
+    /// given back after), which may refuse a third near the cap; and a sensor deleted
+    /// while a batch naming it is applied is created again without a reservation, the
+    /// only way the count can pass the cap (by the number of such races).
+    ///
+    /// # Errors
+    /// The cap, when the batch does not fit.
+    pub fn try_record_batch(&self, batch: &Batch<'_>) -> Result<(), usize> {
+        let Some(cap) = &self.cap else {
+            self.apply(batch);
+            return Ok(());
+        };
+        let new = batch
+            .deltas()
+            .filter(|(sensor, _)| !self.cells.contains_key(sensor.as_str()))
+            .count();
+        if !cap.reserve(new) {
+            return Err(cap.max);
+        }
+        let inserted = self.apply(batch);
+        cap.settle(new, inserted);
+        Ok(())
+    }
+
+    /// Applies `batch`; how many sensors it created.
+    fn apply(&self, batch: &Batch<'_>) -> usize {
+        let mut inserted = 0;
+        for (sensor, delta) in batch.deltas() {
+            inserted += usize::from(self.record(sensor, delta));
+        }
+        inserted
+    }
+
+    /// Applies `delta` to `sensor`; whether that created the sensor.
+    fn record(&self, sensor: SensorId<'_>, delta: &Delta) -> bool {
         if let Some(cell) = self.cells.get(sensor.as_str()) {
             cell.apply(delta);
-            return;
+            return false;
         }
         // Not there: take the shard's write lock; another writer may have inserted it
-        // meanwhile, in which case `or_default` finds that cell.
-        self.cells
-            .entry(Box::from(sensor.as_str()))
-            .or_default()
-            .apply(delta);
+        // meanwhile, in which case the entry is occupied and that cell is used.
+        match self.cells.entry(Box::from(sensor.as_str())) {
+            Entry::Occupied(cell) => {
+                cell.get().apply(delta);
+                false
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(Cell::default()).apply(delta);
+                true
+            }
+        }
     }
 
     /// The statistics of `sensor`, `None` when it is unknown.
@@ -97,7 +201,11 @@ impl MemoryStore {
 
     /// Forgets `sensor`.
     pub fn delete(&self, sensor: SensorId<'_>) {
-        self.cells.remove(sensor.as_str());
+        if self.cells.remove(sensor.as_str()).is_some()
+            && let Some(cap) = &self.cap
+        {
+            cap.tracked.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// How many sensors are tracked. Visits every shard; meant for scrapes, not hot paths.
@@ -213,6 +321,63 @@ mod tests {
         for w in writers {
             w.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_capped_store_refuses_whole_batches_that_add_too_many_sensors() {
+        let store = MemoryStore::with_max_sensors(3);
+        let batch = |names: &[&'static str]| {
+            let mut b = Batch::default();
+            for n in names {
+                b.push(id(n), 1.0, at(1));
+            }
+            b
+        };
+        assert_eq!(store.try_record_batch(&batch(&["a", "b"])), Ok(()));
+        assert_eq!(store.try_record_batch(&batch(&["c", "d"])), Err(3));
+        assert_eq!(store.get(id("c")), None, "nothing of a refused batch is applied");
+        assert_eq!(store.try_record_batch(&batch(&["a", "b", "c"])), Ok(()));
+        assert_eq!(
+            store.try_record_batch(&batch(&["a", "b", "c"])),
+            Ok(()),
+            "known sensors fit"
+        );
+        assert_eq!(store.try_record_batch(&batch(&["d"])), Err(3));
+        store.delete(id("b"));
+        store.delete(id("b"));
+        assert_eq!(store.try_record_batch(&batch(&["d"])), Ok(()));
+        assert_eq!(store.get(id("a")).unwrap().count, 3);
+        assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn concurrent_capped_writers_never_pass_the_cap() {
+        let store = Arc::new(MemoryStore::with_max_sensors(50));
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                thread::spawn(move || {
+                    let mut taken = 0;
+                    for i in 0..200 {
+                        let names = [format!("s{}", (t * 7 + i) % 120), format!("s{}", (i * 13) % 120)];
+                        let mut batch = Batch::default();
+                        for n in &names {
+                            batch.push(id(n), 1.0, at(1));
+                        }
+                        if store.try_record_batch(&batch).is_ok() {
+                            taken += 1;
+                        }
+                        assert!(store.len() <= 50);
+                    }
+                    taken
+                })
+            })
+            .collect();
+        let taken: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(taken > 0);
+        assert_eq!(store.len(), 50, "the cap fills up and stays full");
+        let cap = store.cap.as_ref().unwrap();
+        assert_eq!(cap.tracked.load(Ordering::Acquire), 50, "no reservation leaks");
     }
 
     #[derive(Debug, Clone)]

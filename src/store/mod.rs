@@ -24,7 +24,8 @@ use crate::{
 };
 
 /// Why a store operation failed. Every variant is answered 503 with `Retry-After`,
-/// except [`StoreError::ClaimLost`] (409) and [`StoreError::KeyReused`] (422).
+/// except [`StoreError::ClaimLost`] (409), [`StoreError::KeyReused`] (422) and
+/// [`StoreError::SensorCap`] (507).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached; nothing was applied.
@@ -49,6 +50,13 @@ pub enum StoreError {
          applied under it stay, nothing of this body was applied where they are"
     )]
     KeyReused,
+    /// The batch would make the store track more sensors than `--max-sensors`; nothing
+    /// of it was applied.
+    #[error(
+        "this batch would make the store track more than {0} sensors (--max-sensors); \
+         nothing was applied. Measurements of sensors already tracked are still accepted"
+    )]
+    SensorCap(u64),
 }
 
 /// A request's hold on an Idempotency-Key, from its headers until it is answered.
@@ -97,15 +105,20 @@ pub enum Store {
 }
 
 impl Store {
-    /// A new, empty in-memory store with the default windows (tests, benches).
+    /// A new, empty in-memory store with the default windows and no sensor cap (tests,
+    /// benches).
     pub fn memory() -> Self {
         let defaults = Config::default();
-        Self::memory_with(defaults.request_timeout, defaults.idempotency_ttl)
+        Self::memory_with(defaults.request_timeout, defaults.idempotency_ttl, None)
     }
 
-    fn memory_with(pending_ttl: Duration, idempotency_ttl: Duration) -> Self {
+    fn memory_with(pending_ttl: Duration, idempotency_ttl: Duration, max_sensors: Option<u64>) -> Self {
+        let store = match max_sensors {
+            Some(max) => MemoryStore::with_max_sensors(usize::try_from(max).unwrap_or(usize::MAX)),
+            None => MemoryStore::default(),
+        };
         Self::Memory(
-            Arc::new(MemoryStore::default()),
+            Arc::new(store),
             Arc::new(Claims::new(pending_ttl, idempotency_ttl)),
         )
     }
@@ -120,7 +133,11 @@ impl Store {
         match config.store {
             StoreKind::Memory => match DurableSettings::from_config(config) {
                 Some(settings) => Ok(Self::Durable(Arc::new(DurableStore::open(settings, metrics)?))),
-                None => Ok(Self::memory_with(config.request_timeout, config.idempotency_ttl)),
+                None => Ok(Self::memory_with(
+                    config.request_timeout,
+                    config.idempotency_ttl,
+                    config.max_sensors.map(std::num::NonZeroU64::get),
+                )),
             },
             StoreKind::Redis | StoreKind::RedisCluster => {
                 let settings = RedisSettings::from_config(config)?;
@@ -132,29 +149,30 @@ impl Store {
     /// Applies every delta of `batch` in one atomic step, together with the idempotency
     /// record of `completion` when there is one. A sensor's count and sum change together.
     /// With a data dir, it returns once the batch is in the log (fsynced with `--fsync
-    /// always`) and applied.
+    /// always`) and applied. With `--max-sensors`, a batch that would pass the cap is
+    /// refused whole.
     ///
     /// # Errors
-    /// [`StoreError`] when the backend fails (never for memory, except a lost claim).
+    /// [`StoreError`] when the backend fails (never for memory), the claim was lost, or
+    /// the batch does not fit under the sensor cap.
     pub async fn record_batch(
         &self,
         batch: &Batch<'_>,
         completion: Option<Completion<'_>>,
     ) -> Result<(), StoreError> {
         match self {
-            Self::Memory(m, claims) => match completion {
-                None => {
-                    m.record_batch(batch);
-                    Ok(())
+            Self::Memory(m, claims) => {
+                let apply = || {
+                    m.try_record_batch(batch)
+                        .map_err(|cap| StoreError::SensorCap(cap as u64))
+                };
+                match completion {
+                    None => apply(),
+                    Some(c) => claims
+                        .complete(c.key, c.token, c.fingerprint, apply)
+                        .unwrap_or(Err(StoreError::ClaimLost)),
                 }
-                Some(c) => {
-                    if claims.complete(c.key, c.token, c.fingerprint, || m.record_batch(batch)) {
-                        Ok(())
-                    } else {
-                        Err(StoreError::ClaimLost)
-                    }
-                }
-            },
+            }
             Self::Redis(r) => r.record_batch(batch, completion).await,
             Self::Durable(d) => d.record_batch(batch, completion).await,
         }

@@ -31,6 +31,14 @@
 //! start and move together in a reshard, so no write waits on a half-moved slot. Expired
 //! markers are swept every minute, a slice at a time.
 //!
+//! Sensor cap (`--max-sensors`): with one Redis, `apply.lua` counts the buckets' sensors
+//! and refuses a request that would pass the cap inside the same atomic script, so the
+//! cap holds exactly across every replica. In a cluster no script sees every bucket: the
+//! flusher first reads the count (`HLEN` of every bucket) and which of the flush's
+//! sensors exist (`HMGET` per bucket), and refuses the requests that would pass the cap;
+//! flushes of several replicas at the same moment can therefore together pass it by the
+//! new sensors they carry.
+//!
 //! `--redis-wait-replicas N`: after a flush, `WAIT N` on the connection (each touched
 //! master in a cluster) before answering; fewer confirmations answer 503, "may have been
 //! applied".
@@ -110,6 +118,8 @@ pub struct RedisSettings {
     pub idempotency_ttl: Duration,
     /// `--redis-wait-replicas`.
     pub wait_replicas: u16,
+    /// `--max-sensors` (0: none).
+    pub max_sensors: u64,
 }
 
 impl RedisSettings {
@@ -144,6 +154,7 @@ impl RedisSettings {
             pending_ttl: config.request_timeout,
             idempotency_ttl: config.idempotency_ttl,
             wait_replicas: config.redis_wait_replicas,
+            max_sensors: config.max_sensors.map_or(0, std::num::NonZeroU64::get),
         })
     }
 }
@@ -163,6 +174,7 @@ struct Shared {
     pending_ttl: Duration,
     idempotency_ttl: Duration,
     wait_replicas: u16,
+    max_sensors: u64,
     /// The last ping succeeded.
     up: AtomicBool,
     /// The data's bucket count matches ours (checked once per process).
@@ -216,6 +228,7 @@ impl RedisStore {
             pending_ttl: settings.pending_ttl,
             idempotency_ttl: settings.idempotency_ttl,
             wait_replicas: settings.wait_replicas,
+            max_sensors: settings.max_sensors,
             up: AtomicBool::new(false),
             layout_ok: AtomicBool::new(false),
             metrics,
@@ -707,7 +720,7 @@ async fn flush_single(shared: &Shared, jobs: &[Job], updates: usize) -> Vec<Resu
             cmd.arg(&c.record);
         }
     }
-    cmd.arg(jobs.len());
+    cmd.arg(jobs.len()).arg(shared.max_sensors).arg(buckets);
     let ttl = millis(shared.idempotency_ttl);
     let mut next_idem = buckets;
     let mut enc = Encoder::default();
@@ -731,11 +744,11 @@ async fn flush_single(shared: &Shared, jobs: &[Job], updates: usize) -> Vec<Resu
         }
     }
     let applied = shared
-        .call_script::<Vec<i64>>(StoreOp::Apply, &APPLY, &cmd, apply_deadline(shared, updates))
+        .call_script::<(Vec<i64>, Vec<i64>)>(StoreOp::Apply, &APPLY, &cmd, apply_deadline(shared, updates))
         .await
         .map_err(write_error);
-    let skipped = match applied {
-        Ok(skipped) => skipped,
+    let (skipped, refused) = match applied {
+        Ok(positions) => positions,
         Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
     };
     if let Err(e) = wait_for_replicas(shared, &shared.bucket_keys[0]).await {
@@ -745,11 +758,80 @@ async fn flush_single(shared: &Shared, jobs: &[Job], updates: usize) -> Vec<Resu
         .map(|n| {
             if skipped.contains(&n) {
                 Err(StoreError::ClaimLost)
+            } else if refused.contains(&n) {
+                Err(StoreError::SensorCap(shared.max_sensors))
             } else {
                 Ok(())
             }
         })
         .collect()
+}
+
+/// Redis Cluster with a sensor cap: which jobs to refuse, judged on the count of every
+/// bucket and on which of the flush's sensors exist, read just before the flush (not
+/// atomic with it: see the module docs). All false without a cap.
+async fn cluster_cap_check(shared: &Shared, jobs: &[Job]) -> Result<Vec<bool>, StoreError> {
+    let mut refused = vec![false; jobs.len()];
+    if shared.max_sensors == 0 {
+        return Ok(refused);
+    }
+    let buckets = shared.bucket_keys.len();
+    let mut fields: Vec<Vec<&str>> = vec![Vec::new(); buckets];
+    for job in jobs {
+        for (sensor, _) in &job.updates {
+            fields[bucket_of(sensor, buckets)].push(sensor);
+        }
+    }
+    let lens = shared.bucket_keys.iter().map(|key| {
+        let mut cmd = redis::cmd("HLEN");
+        cmd.arg(key);
+        async move { shared.conn.query::<u64>(&cmd).await }
+    });
+    let lookups = fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(b, f)| {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&shared.bucket_keys[b]).arg(f);
+            async move {
+                let values = shared.conn.query::<Vec<Option<Vec<u8>>>>(&cmd).await?;
+                Ok::<_, redis::RedisError>(
+                    f.iter()
+                        .zip(values)
+                        .filter(|(_, v)| v.is_some())
+                        .map(|(s, _)| *s)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        });
+    let (lens, known) = shared
+        .timed(StoreOp::Count, shared.timeout, async {
+            futures_util::future::try_join(
+                futures_util::future::try_join_all(lens),
+                futures_util::future::try_join_all(lookups),
+            )
+            .await
+        })
+        .await
+        .map_err(unavailable)?;
+    let mut known: std::collections::HashSet<&str> = known.into_iter().flatten().collect();
+    let mut tracked: u64 = lens.iter().sum();
+    for (j, job) in jobs.iter().enumerate() {
+        let new: Vec<&str> = job
+            .updates
+            .iter()
+            .map(|(s, _)| &**s)
+            .filter(|s| !known.contains(s))
+            .collect();
+        if tracked + new.len() as u64 > shared.max_sensors {
+            refused[j] = true;
+        } else {
+            tracked += new.len() as u64;
+            known.extend(new);
+        }
+    }
+    Ok(refused)
 }
 
 /// One job's updates that fall in one bucket: (job position, updates).
@@ -759,9 +841,16 @@ type BucketPart<'a> = (usize, Vec<&'a (Box<str>, Delta)>);
 /// once; a job succeeds when every bucket it touched did.
 async fn flush_cluster(shared: &Shared, jobs: &[Job]) -> Vec<Result<(), StoreError>> {
     let buckets = shared.bucket_keys.len();
+    let refused = match cluster_cap_check(shared, jobs).await {
+        Ok(refused) => refused,
+        Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
+    };
     // bucket -> the (job, updates) that fall in it, in job order.
     let mut parts: Vec<Vec<BucketPart<'_>>> = (0..buckets).map(|_| Vec::new()).collect();
     for (j, job) in jobs.iter().enumerate() {
+        if refused[j] {
+            continue;
+        }
         for update in &job.updates {
             let part = &mut parts[bucket_of(&update.0, buckets)];
             match part.last_mut() {
@@ -815,7 +904,16 @@ async fn flush_cluster(shared: &Shared, jobs: &[Job]) -> Vec<Result<(), StoreErr
     let outcomes = futures_util::future::join_all(calls).await;
 
     // Fold per-bucket outcomes into per-job results.
-    let mut results: Vec<Result<(), StoreError>> = jobs.iter().map(|_| Ok(())).collect();
+    let mut results: Vec<Result<(), StoreError>> = refused
+        .iter()
+        .map(|&r| {
+            if r {
+                Err(StoreError::SensorCap(shared.max_sensors))
+            } else {
+                Ok(())
+            }
+        })
+        .collect();
     let mut some_applied = vec![false; jobs.len()];
     for (b, outcome) in touched.iter().zip(outcomes) {
         for (n, (j, _)) in parts[*b].iter().enumerate() {

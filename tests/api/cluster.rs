@@ -354,6 +354,44 @@ async fn the_api_works_over_a_cluster_and_a_batch_spreads_over_every_master() {
 }
 
 #[tokio::test]
+async fn the_sensor_cap_holds_over_a_cluster_across_replicas() {
+    // Arrange: two replicas, a cap of 20 sensors spread over every bucket.
+    let cluster = RedisCluster::start();
+    let cap = |c: &mut sensor_stats::Config| c.max_sensors = std::num::NonZeroU64::new(20);
+    let a = spawn_cluster_app(&cluster, cap).await;
+    let b = spawn_cluster_app(&cluster, cap).await;
+    let sensors: Vec<String> = (0..25).map(|i| format!("capped-{i}")).collect();
+    a.post_data(batch_over_sensors(&sensors[..15], 1.0), StatusCode::NO_CONTENT)
+        .await;
+
+    // Act + Assert: six more would make 21: refused whole on the other replica.
+    let refused = b
+        .post_data(
+            batch_over_sensors(&sensors[10..21], 1.0),
+            StatusCode::INSUFFICIENT_STORAGE,
+        )
+        .await;
+    assert!(refused.error().0.contains("more than 20 sensors"));
+    assert_eq!(
+        a.statistics("capped-10").await["count"],
+        1,
+        "nothing of it applied"
+    );
+    assert_eq!(a.statistics("capped-15").await["count"], 0);
+    // Exactly up to the cap, and known sensors after it, are accepted.
+    b.post_data(batch_over_sensors(&sensors[10..20], 1.0), StatusCode::NO_CONTENT)
+        .await;
+    a.post_data(batch_over_sensors(&sensors[..20], 1.0), StatusCode::NO_CONTENT)
+        .await;
+    a.post_data(
+        batch_over_sensors(&sensors[20..], 1.0),
+        StatusCode::INSUFFICIENT_STORAGE,
+    )
+    .await;
+    assert_eq!(b.statistics("capped-12").await["count"], 3);
+}
+
+#[tokio::test]
 async fn a_batch_over_shards_with_one_shard_paused_is_503_and_its_retry_counts_exactly_once() {
     let cluster = RedisCluster::start();
     let app = spawn_cluster_app(&cluster, |c| c.redis_timeout = Duration::from_millis(500)).await;

@@ -2,7 +2,9 @@
 //! the expected status.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, LazyLock},
     time::{Duration, Instant},
@@ -12,6 +14,7 @@ use reqwest::{Method, StatusCode, header::HeaderMap};
 use sensor_stats::{
     App, Config,
     config::{RedisUrl, StoreKind},
+    reload::Reloader,
     state::Lifecycle,
     store::Store,
     telemetry,
@@ -41,7 +44,11 @@ pub struct TestApp {
     cluster: Option<Arc<crate::cluster::RedisCluster>>,
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// `https` when the app serves TLS.
+    pub scheme: &'static str,
     pub lifecycle: Arc<Lifecycle>,
+    /// Does what SIGHUP does: reloads the API keys and the TLS certificate.
+    pub reloader: Reloader,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -155,10 +162,14 @@ pub async fn spawn_app_unready(
     let listener = TcpListener::bind((config.host, 0))
         .await
         .expect("bind 127.0.0.1:0");
+    // With TLS, the helper's client checks readiness over https without verifying the
+    // test certificate; TLS tests make their own verifying clients.
+    let tls = config.tls_cert.is_some();
     let app = App::build_with_listener(config, listener).expect("app builds");
     let addr = app.local_addr();
     let lifecycle = app.lifecycle();
     let store = app.store();
+    let reloader = app.reloader();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
@@ -169,8 +180,14 @@ pub async fn spawn_app_unready(
         store,
         cluster: None,
         addr,
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(tls)
+            .build()
+            .unwrap(),
+        scheme: if tls { "https" } else { "http" },
         lifecycle,
+        reloader,
         stop: Some(stop),
         server: Some(server),
     }
@@ -192,7 +209,7 @@ impl TestApp {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// Sends `method path` with `body` and `headers`, asserts `expected`.
@@ -253,6 +270,85 @@ impl TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// `Authorization: Bearer <token>` as a header pair for [`TestApp::request`].
+pub fn bearer(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}
+
+/// An API keys file in its own temp dir, with a fresh token per key (made the way
+/// `sensor-stats keys new` makes them), rewritten whole and atomically (rename) on demand.
+pub struct KeysFile {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    tokens: HashMap<String, String>,
+    lines: HashMap<String, String>,
+}
+
+impl KeysFile {
+    /// A file holding `keys`: (name, comma-separated scopes).
+    pub fn new(keys: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("api-keys");
+        let mut file = Self {
+            _dir: dir,
+            path,
+            tokens: HashMap::new(),
+            lines: HashMap::new(),
+        };
+        file.write(keys);
+        file
+    }
+
+    /// The token of key `name` (made on first use of the name, kept after).
+    pub fn token(&self, name: &str) -> &str {
+        &self.tokens[name]
+    }
+
+    /// Rewrites the file to hold exactly `keys` (tokens of names seen before are kept).
+    pub fn write(&mut self, keys: &[(&str, &str)]) {
+        let mut text = String::from("# test keys: NAME SCOPES sha256:HEX\n");
+        for (name, scopes) in keys {
+            if !self.tokens.contains_key(*name) {
+                let scopes: Vec<String> = scopes.split(',').map(str::to_owned).collect();
+                let key = sensor_stats::access::generate(name, &scopes).expect("key generates");
+                self.tokens.insert((*name).to_owned(), key.token);
+                self.lines.insert((*name).to_owned(), key.line);
+            }
+            let line = &self.lines[*name];
+            let hash = line.rsplit(' ').next().unwrap();
+            text.push_str(&format!("{name} {scopes} {hash}\n"));
+        }
+        self.write_raw(&text);
+    }
+
+    /// Replaces the file's contents with `text`, atomically.
+    pub fn write_raw(&self, text: &str) {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write keys");
+        std::fs::rename(&tmp, &self.path).expect("rename keys");
+    }
+}
+
+/// Polls `probe` every 20 ms until it is true; panics after `limit` saying `what`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !probe().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one sample of `/metrics` text, e.g.
+/// `sensor_stats_auth_failures_total{reason="missing"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// One measurement as JSON text.

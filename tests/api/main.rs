@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+mod access;
 mod balancer;
 mod cluster;
 mod durability;
@@ -10,9 +11,12 @@ mod helpers;
 mod idempotency;
 mod ingest;
 mod metrics;
+mod overload;
 mod prometheus;
+mod reload;
 mod replicas;
 mod routes;
 mod shutdown;
 mod statistics;
 mod store_outage;
+mod tls;

@@ -3,7 +3,9 @@
 //! (with `--store redis` on a real `redis-server`, so the Store row has data too),
 //! `deploy/prometheus.yml` must pass `promtool check config`, and `grafana/check.sh` must
 //! pass. Needs `prometheus`, `promtool`, `jq` and `redis-server` on PATH:
-//! `scripts/test.sh` installs them.
+//! `scripts/test.sh` installs them. The app runs with API keys, as in production: the
+//! traffic carries a token (and sends a few refused requests), and Prometheus scrapes
+//! with a bearer token read from a file.
 
 use std::{
     fmt::Write as _,
@@ -21,7 +23,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{RedisServer, TestApp, measurement, sample, spawn_app_on};
+use crate::helpers::{KeysFile, RedisServer, TestApp, measurement, sample, spawn_app_on};
 
 /// The whole dashboard test must end well inside a minute, whatever hangs.
 const TEST_BUDGET: Duration = Duration::from_secs(50);
@@ -55,11 +57,20 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
 async fn dashboard_against_prometheus() {
     // Arrange: the app on a shared Redis whatever SENSOR_STATS_TEST_STORE says (the memory
     // store makes no store calls and no flushes, so the Store row's latency and flush
-    // panels would be NaN), traffic of every kind, and a Prometheus scraping the app
-    // every second.
-    let app = spawn_app_on(Some(Arc::new(RedisServer::start())), |_| {}).await;
-    let traffic = Traffic::start(&app);
-    let prometheus = Prometheus::start(&app).await;
+    // panels would be NaN), with API keys, traffic of every kind, and a Prometheus
+    // scraping the app every second with its own token.
+    let keys = KeysFile::new(&[
+        ("traffic", "ingest,read,delete"),
+        ("reader", "read"),
+        ("prometheus", "metrics"),
+    ]);
+    let path = keys.path.clone();
+    let app = spawn_app_on(Some(Arc::new(RedisServer::start())), move |c| {
+        c.api_keys_file = Some(path);
+    })
+    .await;
+    let traffic = Traffic::start(&app, keys.token("traffic"), keys.token("reader"));
+    let prometheus = Prometheus::start(&app, keys.token("prometheus")).await;
     prometheus.wait_for_scrapes(MIN_SCRAPES).await;
 
     // Act: every expression of every panel (and the variable query) through the HTTP API.
@@ -382,9 +393,11 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn start(app: &TestApp) -> Self {
+    fn start(app: &TestApp, token: &str, read_only_token: &str) -> Self {
         let client = app.client.clone();
         let base = format!("http://{}", app.addr);
+        let auth = format!("Bearer {token}");
+        let read_only = format!("Bearer {read_only_token}");
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
@@ -406,6 +419,7 @@ impl Traffic {
                         } = call;
                         let mut request = client
                             .request(method.clone(), format!("{base}{path}"))
+                            .header("authorization", &auth)
                             .timeout(Duration::from_secs(5))
                             .body(body);
                         if let Some(ct) = content_type {
@@ -423,6 +437,26 @@ impl Traffic {
                             return Err(format!(
                                 "{method} {path} (Idempotency-Key {idempotency_key:?}): {status}, expected {expected}"
                             ));
+                        }
+                    }
+                    // Refused by access control: no token (401), a key without the scope (403).
+                    for (auth, expected) in [
+                        (None, StatusCode::UNAUTHORIZED),
+                        (Some(&read_only), StatusCode::FORBIDDEN),
+                    ] {
+                        let mut request = client
+                            .delete(format!("{base}/statistics/sensor0"))
+                            .timeout(Duration::from_secs(5));
+                        if let Some(auth) = auth {
+                            request = request.header("authorization", auth);
+                        }
+                        let status = request
+                            .send()
+                            .await
+                            .map_err(|e| format!("refused DELETE: {e}"))?
+                            .status();
+                        if status != expected {
+                            return Err(format!("refused DELETE: {status}, expected {expected}"));
                         }
                     }
                     rounds.fetch_add(1, Ordering::Relaxed);
@@ -501,14 +535,20 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    async fn start(app: &TestApp) -> Self {
+    /// Scrapes `app` every second with `Authorization: Bearer <token>`, the token read
+    /// from a file as in deploy/prometheus.yml.
+    async fn start(app: &TestApp, token: &str) -> Self {
         let dir = TempDir::new();
         let config = dir.0.join("prometheus.yml");
+        let token_file = dir.0.join("sensor-stats-token");
+        std::fs::write(&token_file, token).expect("write the token file");
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [\"{}\"]\n",
+                 scrape_configs:\n  - job_name: {JOB}\n    authorization:\n      type: Bearer\n      \
+                 credentials_file: {}\n    static_configs:\n      - targets: [\"{}\"]\n",
+                token_file.display(),
                 app.addr
             ),
         )

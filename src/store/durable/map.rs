@@ -133,6 +133,11 @@ impl SensorMap {
         })
     }
 
+    /// Whether `sensor` is tracked.
+    pub(super) fn contains(&self, sensor: &str) -> bool {
+        self.cells.contains_key(sensor)
+    }
+
     /// How many sensors are tracked.
     pub(super) fn len(&self) -> usize {
         self.cells.len()

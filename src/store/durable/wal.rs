@@ -15,6 +15,7 @@
 //! rest. New segments are tried at most once a second while the disk refuses.
 
 use std::{
+    collections::HashSet,
     fs::{File, OpenOptions},
     io::{self, Write as _},
     path::{Path, PathBuf},
@@ -129,6 +130,8 @@ pub(super) struct CommitterSettings {
     /// The segment to create first, and how many bytes of the one before it are valid.
     pub(super) first_segment: u64,
     pub(super) prev_len: u64,
+    /// `--max-sensors`: a batch that would make the store track more is refused whole.
+    pub(super) max_sensors: Option<u64>,
 }
 
 /// Shared with the store handle: what the committer reports and obeys from outside.
@@ -357,6 +360,12 @@ impl Committer {
         if self.group.is_empty() {
             return;
         }
+        if let Some(max) = self.settings.max_sensors {
+            self.enforce_cap(max);
+            if self.group.is_empty() {
+                return;
+            }
+        }
         self.metrics.flush(self.group.len());
         if self.segment.is_none()
             && let Err(message) = self.reopen()
@@ -422,6 +431,44 @@ impl Committer {
         self.shared.applied.fetch_add(apply.entries, Ordering::Relaxed);
     }
 
+    /// Refuses (507) the batches of the group that would make the store track more than
+    /// `max` sensors, counting in log order what the entries before them add and delete;
+    /// the rest stay in the group. Only the committer adds sensors, so this is exact.
+    fn enforce_cap(&mut self, max: u64) {
+        let mut added: HashSet<Box<str>> = HashSet::new();
+        let mut removed: HashSet<Box<str>> = HashSet::new();
+        let mut tracked = self.map.len() as u64;
+        for p in std::mem::take(&mut self.group) {
+            let mut names = Names::default();
+            // Entries are encoded by this process; one that does not decode goes on as is.
+            let _ = codec::decode_entries(&p.bytes, Kind::Log, &mut names);
+            let exists = |s: &str| added.contains(s) || (self.map.contains(s) && !removed.contains(s));
+            if let Some(sensor) = names.deleted {
+                if exists(&sensor) {
+                    tracked -= 1;
+                    added.remove(&sensor);
+                    removed.insert(sensor);
+                }
+                self.group.push(p);
+                continue;
+            }
+            let new: Vec<Box<str>> = names.sensors.into_iter().filter(|s| !exists(s)).collect();
+            if tracked + new.len() as u64 > max {
+                if let Some((key, token)) = &p.claim {
+                    self.claims.abort(key, token);
+                }
+                let _ = p.reply.send(Err(StoreError::SensorCap(max)));
+                continue;
+            }
+            tracked += new.len() as u64;
+            for sensor in new {
+                removed.remove(&sensor);
+                added.insert(sensor);
+            }
+            self.group.push(p);
+        }
+    }
+
     /// Answers every request of the group with a 503, gives back their claims, and logs
     /// (at most once a second).
     fn fail(&mut self, message: &str, maybe_written: bool) {
@@ -453,6 +500,25 @@ fn timed_sync(file: &File, metrics: &Metrics) -> io::Result<()> {
     let result = file.sync_data();
     metrics.wal_fsync(start.elapsed());
     result
+}
+
+/// The sensors an entry adds to, or the one it deletes.
+#[derive(Default)]
+struct Names {
+    sensors: Vec<Box<str>>,
+    deleted: Option<Box<str>>,
+}
+
+impl Sink for Names {
+    fn delta(&mut self, sensor: &str, _: &Delta) {
+        self.sensors.push(Box::from(sensor));
+    }
+
+    fn delete(&mut self, sensor: &str) {
+        self.deleted = Some(Box::from(sensor));
+    }
+
+    fn completed(&mut self, _: Completed<'_>) {}
 }
 
 /// Applies decoded log entries to memory: the committer's sink, and recovery's.
