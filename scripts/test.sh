@@ -39,7 +39,10 @@ echo "== API suite again, every app backed by its own redis-server (--store redi
 SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api \
   -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
 echo "== API suite again, every app on its own 3-master/3-replica Redis Cluster (--store redis-cluster)"
-SENSOR_STATS_TEST_STORE=redis-cluster cargo nextest run --locked --no-fail-fast --test api \
+# Each test starts six redis-server processes and waits for the cluster to form; on a
+# loaded 2-core machine that start-up has timed out once in about 200 test runs, so this
+# pass (only this one) retries a failed test once; nextest reports any retry as FLAKY.
+SENSOR_STATS_TEST_STORE=redis-cluster cargo nextest run --locked --no-fail-fast --retries 1 --test api \
   -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
 echo "== API suite again, every app with its own temporary --data-dir (durable store)"
 SENSOR_STATS_TEST_STORE=durable cargo nextest run --locked --no-fail-fast --test api \
