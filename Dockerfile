@@ -52,6 +52,7 @@ RUN set -eu; \
     find src build.rs Cargo.toml -type f -exec touch {} +; \
     cargo build --release --locked; \
     install -D -m 0755 target/release/sensor-stats /out/sensor-stats; \
+    install -d -m 0750 /out/data; \
     /out/sensor-stats --version | grep -q '^sensor-stats '
 
 # -------------------------------------------------------------------------- runtime
@@ -69,11 +70,17 @@ LABEL org.opencontainers.image.title="sensor-stats" \
       org.opencontainers.image.revision="${SENSOR_STATS_GIT_REVISION}"
 
 COPY --from=build /out/sensor-stats /usr/local/bin/sensor-stats
+# The embedded store's data dir, owned by the nonroot user (a named volume mounted here
+# starts with this owner). SENSOR_STATS_DATA_DIR= (empty) switches it off, as the Redis
+# deployments do.
+COPY --from=build --chown=65532:65532 /out/data /data
 
 ENV SENSOR_STATS_HOST=0.0.0.0 \
     SENSOR_STATS_PORT=8080 \
-    SENSOR_STATS_LOG_FORMAT=json
+    SENSOR_STATS_LOG_FORMAT=json \
+    SENSOR_STATS_DATA_DIR=/data
 
+VOLUME ["/data"]
 USER 65532:65532
 EXPOSE 8080
 STOPSIGNAL SIGTERM

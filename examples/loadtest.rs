@@ -9,6 +9,11 @@
 //! `redis-cluster`) run beside the load generator, on its core, and the row adds Redis
 //! CPU-seconds per million measurements and requests per group-commit flush.
 //!
+//! `--stores durable` runs the server with `--data-dir` (a fresh temporary directory on
+//! the machine's disk, under `--data-root`) and `--fsync always`, `durable-interval` with
+//! `--fsync interval`; their rows add requests per group commit and per fsync, and the
+//! mean fsync time.
+//!
 //! Workloads (a fresh server each):
 //! - W1: 1000-measurement batches over 100 sensors.
 //! - W2: 1-measurement posts.
@@ -18,6 +23,9 @@
 //! - MEM: 1M sensors with 16-byte ids posted in batches of 10k; RSS growth per sensor.
 //! - SOAK: W2 for the whole `--duration` with nobody scraping /metrics; RSS sampled every
 //!   `--duration / 10` (histogram samples must not pile up). Not in the default set.
+//! - SNAP (durable stores only, not in the default set): 1M sensors loaded, then W1 with
+//!   `--snapshot-interval 2s`, so snapshots of the whole store run back to back while W1
+//!   is measured; the row gives the snapshots' time and size.
 
 #![allow(missing_docs, clippy::print_stdout)]
 
@@ -52,13 +60,22 @@ struct Args {
     /// Unmeasured warm-up before each workload.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Workloads to run, comma-separated: w1,w2,w3,w4,mem.
+    /// Workloads to run, comma-separated: w1,w2,w3,w4,mem (and soak, snap).
     #[arg(long, default_value = "w1,w2,w3,w4,mem", value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Stores to run each workload against, comma-separated: memory,redis,redis-cluster
-    /// (three masters, no replicas).
+    /// Stores to run each workload against, comma-separated: memory, redis,
+    /// redis-cluster (three masters, no replicas), durable (`--data-dir`, `--fsync
+    /// always`), durable-interval (`--fsync interval`).
     #[arg(long, default_value = "memory", value_delimiter = ',')]
     stores: Vec<String>,
+    /// Connections of W1 and W2 instead of their usual 4 and 32 (how group commit scales
+    /// with concurrency).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Where the durable stores' temporary data dirs are made (default: the system's
+    /// temporary directory).
+    #[arg(long)]
+    data_root: Option<std::path::PathBuf>,
     /// Set per workload run from `stores`.
     #[arg(skip)]
     store: String,
@@ -192,15 +209,20 @@ fn cpu_seconds_of(pid: u32) -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-/// One running server process (and its Redis in redis mode).
+/// One running server process (and its Redis in redis mode, its data dir in durable mode).
 struct Server {
     child: Child,
     addr: SocketAddr,
     redis: Option<RedisProc>,
+    data: Option<tempfile::TempDir>,
 }
 
 impl Server {
     async fn start(args: &Args) -> Self {
+        Self::start_with(args, &[]).await
+    }
+
+    async fn start_with(args: &Args, extra: &[&str]) -> Self {
         let port = free_port();
         let redis = match args.store.as_str() {
             "redis" => Some(RedisProc::start(1)),
@@ -228,6 +250,19 @@ impl Server {
         if let Some(r) = &redis {
             cmd.args(r.server_args());
         }
+        let data = args.store.starts_with("durable").then(|| match &args.data_root {
+            Some(root) => tempfile::tempdir_in(root).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        });
+        if let Some(dir) = &data {
+            let fsync = if args.store == "durable-interval" {
+                "interval"
+            } else {
+                "always"
+            };
+            cmd.arg("--data-dir").arg(dir.path()).args(["--fsync", fsync]);
+        }
+        cmd.args(extra);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.server));
@@ -235,6 +270,7 @@ impl Server {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             redis,
+            data,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -510,30 +546,53 @@ async fn run_mix(
     (tallies, acked, cpu, redis_cpu)
 }
 
-/// Mean requests per group-commit flush over the run, from the server's own histogram.
-async fn requests_per_flush(server: &Server) -> f64 {
+/// The server's `/metrics` text.
+async fn scrape(server: &Server) -> String {
     let mut c = Client::connect(server.addr).await.unwrap();
     let (_, metrics) = c.get("/metrics").await;
-    let text = String::from_utf8_lossy(&metrics);
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let count = value("sensor_stats_store_flush_requests_count ");
+    String::from_utf8_lossy(&metrics).into_owned()
+}
+
+/// The value of the unlabelled series `name` in a scrape (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// `sum / count` of histogram `name` (0 when empty).
+fn mean(text: &str, name: &str) -> f64 {
+    let count = metric(text, &format!("{name}_count"));
     if count == 0.0 {
         0.0
     } else {
-        value("sensor_stats_store_flush_requests_sum ") / count
+        metric(text, &format!("{name}_sum")) / count
     }
 }
 
-/// Adds the redis columns to a row.
+/// Adds the store columns to a row: Redis CPU and requests per flush (redis); requests
+/// per group commit and per fsync, mean fsync time (durable).
 async fn with_store_costs(mut row: Row, server: &Server, redis_cpu: f64) -> Row {
-    if server.redis.is_some() {
+    if server.redis.is_some() || server.data.is_some() {
+        let text = scrape(server).await;
         row.redis_cpu_s = redis_cpu;
-        row.requests_per_flush = requests_per_flush(server).await;
+        row.requests_per_flush = mean(&text, "sensor_stats_store_flush_requests");
+        if server.data.is_some() {
+            let fsyncs = metric(&text, "sensor_stats_wal_fsync_duration_seconds_count");
+            let requests = metric(&text, "sensor_stats_store_flush_requests_sum");
+            let note = format!(
+                "{:.1} req/fsync ({fsyncs:.0} fsyncs, mean {:.2} ms), log {:.0} MB",
+                requests / fsyncs.max(1.0),
+                mean(&text, "sensor_stats_wal_fsync_duration_seconds") * 1e3,
+                metric(&text, "sensor_stats_wal_written_bytes_total") / 1e6
+            );
+            row.extra = if row.extra.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", row.extra)
+            };
+        }
     }
     row
 }
@@ -689,6 +748,80 @@ async fn soak(args: &Args) -> Row {
     }
 }
 
+/// Posts `sensors` distinct 16-byte sensor ids (from `sensor-001000000` on), `per_batch`
+/// to a request.
+async fn fill(c: &mut Client, sensors: usize, per_batch: usize) {
+    for chunk in 0..sensors / per_batch {
+        let mut body = String::with_capacity(per_batch * 80);
+        body.push('[');
+        for i in 0..per_batch {
+            if i > 0 {
+                body.push(',');
+            }
+            let id = workload::sensor_id(1_000_000 + chunk * per_batch + i);
+            body.push_str(&format!(
+                r#"{{"sensor":"{id}","timestamp":"2021-11-08T21:38:09Z","value":1.5}}"#
+            ));
+        }
+        body.push(']');
+        assert_eq!(c.post(Bytes::from(body)).await, StatusCode::NO_CONTENT);
+    }
+}
+
+/// 1M sensors, then W1 measured while snapshots of the whole store run back to back.
+async fn snapshots_under_w1(args: &Args) -> Row {
+    assert!(
+        args.store.starts_with("durable"),
+        "the snap workload needs --stores durable or durable-interval"
+    );
+    let server = Server::start_with(args, &["--snapshot-interval", "2s"]).await;
+    let mut c = Client::connect(server.addr).await.unwrap();
+    fill(&mut c, 1_000_000, 10_000).await;
+    // Wait for a snapshot that holds all of them before measuring.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(&server).await;
+        if metric(&text, "sensor_stats_snapshot_duration_seconds_count") >= 1.0
+            && metric(&text, "sensor_stats_snapshot_size_bytes") > 40e6
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot of the 1M sensors");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = scrape(&server).await;
+    let job = Job::Post {
+        bodies: bodies(16, 1000, 100),
+        per_body: 1000,
+    };
+    let (tallies, acked, cpu, _) = run_mix(args, &server, vec![(job, 4)]).await;
+    let after = scrape(&server).await;
+    let verified = verify(&server, &ids(100), acked, 0).await;
+    let count = |t: &str| metric(t, "sensor_stats_snapshot_duration_seconds_count");
+    let sum = |t: &str| metric(t, "sensor_stats_snapshot_duration_seconds_sum");
+    let snapshots = count(&after) - count(&before);
+    let row = {
+        let t = tallies[0].borrow();
+        Row {
+            extra: format!(
+                "{snapshots:.0} snapshots of 1M sensors while measured (warm-up included), mean {:.2} s, {:.1} MB each",
+                (sum(&after) - sum(&before)) / snapshots.max(1.0),
+                metric(&after, "sensor_stats_snapshot_size_bytes") / 1e6
+            ),
+            ..Row::from_tally(
+                "SNAP W1 during snapshots of 1M sensors",
+                "4",
+                &t,
+                args,
+                cpu,
+                &server,
+                verified,
+            )
+        }
+    };
+    with_store_costs(row, &server, 0.0).await
+}
+
 /// Posts 1M distinct 16-byte sensor ids; reports RSS growth per sensor.
 async fn memory(args: &Args) -> Row {
     const SENSORS: usize = 1_000_000;
@@ -705,21 +838,7 @@ async fn memory(args: &Args) -> Row {
     );
     let (before, _) = server.rss();
     let started = Instant::now();
-    for chunk in 0..SENSORS / PER_BATCH {
-        let mut body = String::with_capacity(PER_BATCH * 80);
-        body.push('[');
-        for i in 0..PER_BATCH {
-            if i > 0 {
-                body.push(',');
-            }
-            let id = workload::sensor_id(1_000_000 + chunk * PER_BATCH + i);
-            body.push_str(&format!(
-                r#"{{"sensor":"{id}","timestamp":"2021-11-08T21:38:09Z","value":1.5}}"#
-            ));
-        }
-        body.push(']');
-        assert_eq!(c.post(Bytes::from(body)).await, StatusCode::NO_CONTENT);
-    }
+    fill(&mut c, SENSORS, PER_BATCH).await;
     let elapsed = started.elapsed().as_secs_f64();
     // The map's old tables are freed as it grows; give the allocator a moment to return
     // them to the OS (mimalloc purges freed pages after a short delay), and nudge it with
@@ -774,12 +893,19 @@ fn main() {
                 let args = &args;
                 eprintln!("running {w} ({}) ...", args.store);
                 rows.push(match w.as_str() {
-                    "w1" => post_workload(args, "W1 POST 1000 x 100 sensors", 1000, 100, 4).await,
-                    "w2" => post_workload(args, "W2 POST 1 measurement", 1, 1, 32).await,
+                    "w1" => {
+                        let conns = args.connections.unwrap_or(4);
+                        post_workload(args, "W1 POST 1000 x 100 sensors", 1000, 100, conns).await
+                    }
+                    "w2" => {
+                        let conns = args.connections.unwrap_or(32);
+                        post_workload(args, "W2 POST 1 measurement", 1, 1, conns).await
+                    }
                     "w3" => w3(args).await,
                     "w4" => w4(args).await,
                     "mem" => memory(args).await,
                     "soak" => soak(args).await,
+                    "snap" => snapshots_under_w1(args).await,
                     other => panic!("unknown workload {other}"),
                 });
             }

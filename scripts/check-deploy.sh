@@ -5,7 +5,8 @@
 #   scripts/check-deploy.sh                              # from any directory
 #   KUBERNETES_VERSION=1.33.0 scripts/check-deploy.sh    # validate against another version
 #
-# 1. Kubernetes: every manifest in deploy/k8s (not kustomization.yaml) is validated in
+# 1. Kubernetes: every manifest in deploy/k8s and deploy/k8s/single (not
+#    kustomization.yaml) is validated in
 #    strict mode (unknown fields are errors) against the schemas of Kubernetes
 #    $KUBERNETES_VERSION shipped by kubernetes-validate (pinned below, installed into a
 #    venv under ${XDG_CACHE_HOME:-$HOME/.cache}/sensor-stats/venv). kustomization.yaml must
@@ -107,6 +108,16 @@ else
     fail "kubernetes-validate:"
     indent <<<"$out"
   fi
+fi
+
+# The single-instance variant (deploy/k8s/single: StatefulSet with a PVC, durable store).
+single=(deploy/k8s/single/configmap.yaml deploy/k8s/single/statefulset.yaml deploy/k8s/single/service.yaml)
+if out="$(validate "${single[@]}" 2>&1)"; then
+  ok "kubernetes-validate: deploy/k8s/single, ${#single[@]} files"
+  indent <<<"$out"
+else
+  fail "kubernetes-validate deploy/k8s/single:"
+  indent <<<"$out"
 fi
 
 # kustomization.yaml lists exactly the manifests of the directory.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every test (unit, property,
 # integration over real sockets, the ones that need a real Prometheus or a real
-# redis-server), the API suite a second time against Redis, the API from outside
-# (OpenAPI validation, schemathesis, headless Chromium on /docs), a bounded fuzz of the
-# decoder and the timestamp parser, benches compiled.
+# redis-server), the API suite a second time against Redis and a third time with a data
+# dir (the durable embedded store), the API from outside (OpenAPI validation,
+# schemathesis, headless Chromium on /docs), a bounded fuzz of the decoder and the
+# timestamp parser, benches compiled.
 # Installs what it needs when missing: Debian packages, cargo-nextest, cargo-fuzz, and a
 # Python venv under ~/.cache for schemathesis and openapi-spec-validator.
 set -euo pipefail
@@ -44,12 +45,19 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== tests (unit, property, integration over real sockets, real Prometheus, real Redis)"
 cargo nextest run --locked --no-fail-fast
 echo "== API suite again, every app backed by its own redis-server (--store redis)"
-# The suites that choose their own store (replicas, balancer, outage, cluster) ran above.
+# The suites that choose their own store (replicas, balancer, outage, cluster, durability)
+# ran above.
 SENSOR_STATS_TEST_STORE=redis cargo nextest run --locked --no-fail-fast --test api \
-  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/))'
+  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
 echo "== API suite again, every app on its own 3-master/3-replica Redis Cluster (--store redis-cluster)"
-SENSOR_STATS_TEST_STORE=redis-cluster cargo nextest run --locked --no-fail-fast --test api \
-  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/))'
+# Each test starts six redis-server processes and waits for the cluster to form; on a
+# loaded 2-core machine that start-up has timed out once in about 200 test runs, so this
+# pass (only this one) retries a failed test once; nextest reports any retry as FLAKY.
+SENSOR_STATS_TEST_STORE=redis-cluster cargo nextest run --locked --no-fail-fast --retries 1 --test api \
+  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
+echo "== API suite again, every app with its own temporary --data-dir (durable store)"
+SENSOR_STATS_TEST_STORE=durable cargo nextest run --locked --no-fail-fast --test api \
+  -E 'not (test(/^replicas::/) | test(/^balancer::/) | test(/^store_outage::/) | test(/^cluster::/) | test(/^durability::/))'
 echo "== deploy files (Kubernetes schemas, nginx config, compose files)"
 ./scripts/check-deploy.sh
 echo "== the API from outside: OpenAPI 3.1 validation, schemathesis, /docs in headless Chromium"

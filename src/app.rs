@@ -13,12 +13,17 @@
 //! the HTTP/2 preface without TLS) until the client closes, the connection has seen no
 //! byte in either direction for `--idle-timeout`, or shutdown.
 //!
+//! Start-up: the listener serves at once, `/healthz` answers 503 until the store has
+//! started (a durable store reads its data dir back first); if that fails, `run_until`
+//! returns the error.
+//!
 //! Shutdown, when the future given to [`App::run_until`] resolves:
 //! 1. `/healthz` answers 503 and responses carry `Connection: close`, while the listener
 //!    keeps accepting for the configured grace period (load balancers notice and stop);
 //! 2. the listener closes; idle connections close at once, busy ones after their current
 //!    response; after the drain deadline the rest are closed;
-//! 3. background tasks stop and `run_until` returns.
+//! 3. background tasks stop, the store shuts down (a durable store writes a last
+//!    snapshot and closes its log) and `run_until` returns.
 
 use std::{
     future::Future,
@@ -143,6 +148,11 @@ impl App {
         Arc::clone(&self.state.lifecycle)
     }
 
+    /// The store handle (tests look into the durable store through it).
+    pub fn store(&self) -> Store {
+        self.state.store.clone()
+    }
+
     /// A handle that reloads the API keys and the TLS certificate as SIGHUP does.
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()
@@ -151,12 +161,12 @@ impl App {
     /// Serves until `shutdown` resolves, then drains (see the module docs) and returns.
     ///
     /// # Errors
-    /// Only for failures of the server itself; request errors are answered, not returned.
+    /// When the store cannot start (a data dir that cannot be read back), and failures of
+    /// the server itself; request errors are answered, not returned.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let background = CancellationToken::new();
         let background_tasks = TaskTracker::new();
         background_tasks.spawn(upkeep(Arc::clone(&self.state.metrics), background.clone()));
-        background_tasks.spawn(self.state.store.clone().run_upkeep(background.clone()));
         let mut reloadable: Vec<Arc<dyn Reload>> = Vec::new();
         if let Some(keys) = &self.state.keys {
             reloadable.push(Arc::clone(keys) as Arc<dyn Reload>);
@@ -178,7 +188,6 @@ impl App {
             self.tls.as_ref().map(|t| t.acceptor()),
             Arc::clone(&self.state.metrics),
         );
-        self.state.lifecycle.set_ready();
         tracing::info!(
             addr = %self.local_addr,
             tls = self.tls.is_some(),
@@ -187,8 +196,47 @@ impl App {
             idle_timeout = ?self.config.idle_timeout,
             "listening"
         );
-
-        server.accept_until(&self.listener, shutdown).await;
+        // Ready once the store has started (a durable store reads its data dir back
+        // first); until then /healthz answers 503. A failed start stops the server.
+        let starting = {
+            let store = self.state.store.clone();
+            let lifecycle = Arc::clone(&self.state.lifecycle);
+            let tasks = background_tasks.clone();
+            let stop = background.clone();
+            tokio::spawn(async move {
+                store.start().await?;
+                tasks.spawn(store.run_upkeep(stop));
+                lifecycle.set_ready();
+                anyhow::Ok(())
+            })
+        };
+        let mut start_error = None;
+        {
+            let failed = async {
+                match starting.await {
+                    Ok(Ok(())) => std::future::pending().await,
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::Error::new(e).context("start-up task failed"),
+                }
+            };
+            server
+                .accept_until(&self.listener, async {
+                    tokio::select! {
+                        () = shutdown => {}
+                        e = failed => start_error = Some(e),
+                    }
+                })
+                .await;
+        }
+        if let Some(e) = start_error {
+            tracing::error!(error = format!("{e:#}"), "start-up failed; stopping");
+            drop(self.listener);
+            server.drain(Duration::ZERO).await;
+            background.cancel();
+            background_tasks.close();
+            background_tasks.wait().await;
+            return Err(e);
+        }
 
         self.state.lifecycle.start_draining();
         if !self.config.shutdown_grace.is_zero() {
@@ -203,6 +251,7 @@ impl App {
         background.cancel();
         background_tasks.close();
         background_tasks.wait().await;
+        self.state.store.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -129,6 +129,56 @@ pub struct Config {
     /// Default: 10000, or the open-file limit less 128 when that is lower.
     #[arg(long, env = "SENSOR_STATS_MAX_CONNECTIONS")]
     pub max_connections: Option<NonZeroUsize>,
+
+    /// Keep the embedded store on disk in this directory (created if missing): a log of
+    /// every write plus periodic snapshots, read back at start. Unset or empty: memory
+    /// only, and everything is lost on restart. Not with `--store redis`.
+    #[arg(long, env = "SENSOR_STATS_DATA_DIR", value_parser = parse_data_dir)]
+    pub data_dir: Option<PathBuf>,
+
+    /// With `--data-dir`: `always` answers a write only once it is fsynced (nothing
+    /// acknowledged is ever lost); `interval` answers after the write and fsyncs every
+    /// `--fsync-interval` (an OS crash or power loss may lose that long of writes).
+    #[arg(long, env = "SENSOR_STATS_FSYNC", value_enum, default_value_t = FsyncMode::Always)]
+    pub fsync: FsyncMode,
+
+    /// With `--fsync interval`: how often the log is fsynced.
+    #[arg(long, env = "SENSOR_STATS_FSYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fsync_interval: Duration,
+
+    /// With `--data-dir`: how often the whole store is written to a snapshot (when it
+    /// changed), which lets older log segments be deleted. One is also written at shutdown.
+    #[arg(long, env = "SENSOR_STATS_SNAPSHOT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
+
+    /// With `--data-dir`: what to do when a snapshot or the log is damaged (other than a
+    /// torn last record, which is always cut). Unset: refuse to start and name the file and
+    /// offset. `truncate`: keep what comes before the damage, set the rest aside, start.
+    #[arg(long, env = "SENSOR_STATS_RECOVER", value_enum)]
+    pub recover: Option<RecoverMode>,
+}
+
+/// Any path; an empty one (`SENSOR_STATS_DATA_DIR=`) means no data dir, so a deployment
+/// can switch off the container image's default.
+fn parse_data_dir(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
+}
+
+/// When the embedded store's log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncMode {
+    /// Before each write is answered (group commit shares one fsync between the requests
+    /// that arrive meanwhile).
+    Always,
+    /// Every `--fsync-interval`; writes are answered once written to the OS.
+    Interval,
+}
+
+/// How start-up treats damage in the data dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecoverMode {
+    /// Keep what comes before the first damaged record; set the damaged files aside.
+    Truncate,
 }
 
 /// Requests in flight per CPU core when `--max-in-flight` is not given.
@@ -188,6 +238,11 @@ impl std::fmt::Debug for RedisUrl {
 }
 
 impl Config {
+    /// The data dir, `None` when unset or empty.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// Checks the settings that depend on each other.
     ///
     /// # Errors
@@ -207,6 +262,19 @@ impl Config {
         }
         if self.redis_timeout.is_zero() {
             return Err("--redis-timeout must be longer than 0s".to_owned());
+        }
+        if self.store != StoreKind::Memory && self.data_dir().is_some() {
+            return Err(
+                "--data-dir (SENSOR_STATS_DATA_DIR) is for the embedded store; with --store \
+                        redis or redis-cluster durability is Redis' own (AOF): give one or the other"
+                    .to_owned(),
+            );
+        }
+        if self.fsync_interval.is_zero() {
+            return Err("--fsync-interval must be longer than 0s".to_owned());
+        }
+        if self.snapshot_interval.is_zero() {
+            return Err("--snapshot-interval must be longer than 0s".to_owned());
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key go together: give both or neither".to_owned());
@@ -283,6 +351,11 @@ impl Default for Config {
             redis_buckets: 16,
             redis_wait_replicas: 0,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            data_dir: None,
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(60),
+            recover: None,
             api_keys_file: None,
             metrics_public: false,
             tls_cert: None,
@@ -363,6 +436,62 @@ mod tests {
             "{shown}"
         );
         assert!(Cli::try_parse_from(["sensor-stats", "--redis-url", "http://x"]).is_err());
+    }
+
+    #[test]
+    fn a_data_dir_with_the_redis_store_is_refused_and_durability_flags_parse() {
+        let c = Cli::try_parse_from([
+            "sensor-stats",
+            "--store",
+            "redis",
+            "--redis-url",
+            "redis://127.0.0.1:6379/0",
+            "--data-dir",
+            "/data",
+        ])
+        .unwrap()
+        .config;
+        let message = c.validate().unwrap_err();
+        assert!(
+            message.contains("--data-dir") && message.contains("redis"),
+            "{message}"
+        );
+        let c = Cli::try_parse_from([
+            "sensor-stats",
+            "--data-dir",
+            "/data",
+            "--fsync",
+            "interval",
+            "--fsync-interval",
+            "200ms",
+            "--snapshot-interval",
+            "5m",
+            "--recover",
+            "truncate",
+        ])
+        .unwrap()
+        .config;
+        assert!(c.validate().is_ok());
+        assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/data")));
+        assert_eq!(c.fsync, FsyncMode::Interval);
+        assert_eq!(c.fsync_interval, Duration::from_millis(200));
+        assert_eq!(c.snapshot_interval, Duration::from_secs(300));
+        assert_eq!(c.recover, Some(RecoverMode::Truncate));
+        assert!(Cli::try_parse_from(["sensor-stats", "--fsync", "never"]).is_err());
+        // An empty value switches the data dir off (the image sets one by default).
+        let c = Cli::try_parse_from([
+            "sensor-stats",
+            "--store",
+            "redis",
+            "--redis-url",
+            "redis://x/0",
+            "--data-dir",
+            "",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.data_dir(), None);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`domain`]: pure types: sensor ids, timestamps (parse and print), the folded batch,
 //!   the summary a reader gets.
 //! - [`ingest`]: request bytes to a validated, folded batch (simd-json), all or nothing.
-//! - [`store`]: where statistics live, behind one `Store` handle (in-memory today).
+//! - [`store`]: where statistics live, behind one `Store` handle: in memory, in memory and
+//!   on disk (`--data-dir`: write-ahead log and snapshots), or in a shared Redis.
 //! - [`http`]: routes, handlers, the JSON error type and the middleware stack.
 //! - [`app`]: binds the listener, serves connections, runs shutdown. The only place
 //!   that wires modules together.

@@ -44,6 +44,20 @@ pub const FLUSH_REQUESTS: &str = "sensor_stats_store_flush_requests";
 pub const STORE_UP: &str = "sensor_stats_store_up";
 /// Counter: `POST /data` retries answered from the idempotency record, not applied again.
 pub const IDEMPOTENT_REPLAYS: &str = "sensor_stats_idempotent_replays_total";
+/// Histogram: latency of one fsync of the write-ahead log (`--data-dir`), in seconds.
+pub const WAL_FSYNC_DURATION: &str = "sensor_stats_wal_fsync_duration_seconds";
+/// Counter: bytes written to the write-ahead log.
+pub const WAL_BYTES: &str = "sensor_stats_wal_written_bytes_total";
+/// Counter: log writes or fsyncs that failed (their requests were answered 503).
+pub const WAL_ERRORS: &str = "sensor_stats_wal_write_errors_total";
+/// Histogram: time to write one snapshot of the store, in seconds.
+pub const SNAPSHOT_DURATION: &str = "sensor_stats_snapshot_duration_seconds";
+/// Gauge: size of the newest snapshot, in bytes.
+pub const SNAPSHOT_BYTES: &str = "sensor_stats_snapshot_size_bytes";
+/// Counter: snapshots that could not be written.
+pub const SNAPSHOT_FAILURES: &str = "sensor_stats_snapshot_failures_total";
+/// Gauge: how long reading the data dir back took at start-up, in seconds.
+pub const REPLAY_DURATION: &str = "sensor_stats_replay_duration_seconds";
 /// Counter: requests refused by access control (401, 403), by reason ([`AuthFailure`]).
 pub const AUTH_FAILURES: &str = "sensor_stats_auth_failures_total";
 /// Counter: requests refused at once with 503 because `--max-in-flight` were in flight.
@@ -212,6 +226,11 @@ pub const BODY_BUCKETS: &[f64] = &[
     64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
 ];
 
+/// Snapshot duration buckets in seconds: 1 ms to 2 min.
+pub const SNAPSHOT_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
 /// Requests per flush buckets: 1 to 1024.
 pub const FLUSH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
@@ -240,6 +259,13 @@ pub struct Metrics {
     flush_requests: Histogram,
     store_up: Gauge,
     replays: Counter,
+    wal_fsync: Histogram,
+    wal_bytes: Counter,
+    wal_errors: Counter,
+    snapshot_duration: Histogram,
+    snapshot_bytes: Gauge,
+    snapshot_failures: Counter,
+    replay_duration: Gauge,
     auth_failures: [Counter; AuthFailure::ALL.len()],
     shed: Counter,
     sensor_cap_refusals: Counter,
@@ -267,6 +293,10 @@ impl Metrics {
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BODY_BYTES.into()), BODY_BUCKETS))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_DURATION.into()), DURATION_BUCKETS))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_REQUESTS.into()), FLUSH_BUCKETS))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(WAL_FSYNC_DURATION.into()), DURATION_BUCKETS)
+            })
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SNAPSHOT_DURATION.into()), SNAPSHOT_BUCKETS))
             .expect("bucket lists are non-empty constants")
             .build_recorder();
         let handle = recorder.handle();
@@ -339,6 +369,8 @@ impl Metrics {
             gauge.set(0.0);
             gauge
         };
+        let (wal_bytes, wal_errors, snapshot_failures) =
+            (zero(WAL_BYTES), zero(WAL_ERRORS), zero(SNAPSHOT_FAILURES));
         Self {
             auth_failures,
             tls_failures,
@@ -348,6 +380,13 @@ impl Metrics {
             idle_closed: zero(CONNECTIONS_IDLE_CLOSED),
             connections_open: zero_gauge(CONNECTIONS_OPEN),
             api_keys: zero_gauge(API_KEYS),
+            wal_fsync: recorder.register_histogram(&plain(WAL_FSYNC_DURATION), &METADATA),
+            wal_bytes,
+            wal_errors,
+            snapshot_duration: recorder.register_histogram(&plain(SNAPSHOT_DURATION), &METADATA),
+            snapshot_bytes: recorder.register_gauge(&plain(SNAPSHOT_BYTES), &METADATA),
+            snapshot_failures,
+            replay_duration: recorder.register_gauge(&plain(REPLAY_DURATION), &METADATA),
             in_flight: recorder.register_gauge(&plain(HTTP_IN_FLIGHT), &METADATA),
             measurements: recorder.register_counter(&plain(MEASUREMENTS), &METADATA),
             batches: recorder.register_counter(&plain(BATCHES), &METADATA),
@@ -453,6 +492,37 @@ impl Metrics {
     /// Counts a retry answered from its idempotency record.
     pub fn idempotent_replay(&self) {
         self.replays.increment(1);
+    }
+
+    /// Records one fsync of the write-ahead log.
+    pub fn wal_fsync(&self, elapsed: Duration) {
+        self.wal_fsync.record(elapsed.as_secs_f64());
+    }
+
+    /// Counts bytes written to the write-ahead log.
+    pub fn wal_bytes(&self, bytes: usize) {
+        self.wal_bytes.increment(bytes as u64);
+    }
+
+    /// Counts a failed log write or fsync.
+    pub fn durable_write_error(&self) {
+        self.wal_errors.increment(1);
+    }
+
+    /// Records a snapshot written in `elapsed`, `bytes` long.
+    pub fn snapshot_written(&self, elapsed: Duration, bytes: u64) {
+        self.snapshot_duration.record(elapsed.as_secs_f64());
+        self.snapshot_bytes.set(bytes as f64);
+    }
+
+    /// Counts a snapshot that could not be written.
+    pub fn snapshot_failed(&self) {
+        self.snapshot_failures.increment(1);
+    }
+
+    /// Records how long reading the data dir back took.
+    pub fn replay(&self, elapsed: Duration) {
+        self.replay_duration.set(elapsed.as_secs_f64());
     }
 
     /// Counts a request refused by access control.
@@ -568,7 +638,7 @@ fn reload_key(what: &'static str, result: &'static str) -> Key {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let items: [(&'static str, Unit, &'static str); 24] = [
+    let items: [(&'static str, Unit, &'static str); 31] = [
         (
             HTTP_REQUESTS,
             Unit::Count,
@@ -616,7 +686,35 @@ fn describe(r: &PrometheusRecorder) {
         (
             FLUSH_REQUESTS,
             Unit::Count,
-            "Requests carried by one group-commit flush to the shared store.",
+            "Requests carried by one group-commit flush to the store (a Redis script call, or \
+             one write of the durable log).",
+        ),
+        (
+            WAL_FSYNC_DURATION,
+            Unit::Seconds,
+            "Latency of one fsync of the durable store's write-ahead log.",
+        ),
+        (WAL_BYTES, Unit::Bytes, "Bytes written to the write-ahead log."),
+        (
+            WAL_ERRORS,
+            Unit::Count,
+            "Write-ahead log writes or fsyncs that failed; their requests were answered 503.",
+        ),
+        (
+            SNAPSHOT_DURATION,
+            Unit::Seconds,
+            "Time to write one snapshot of the durable store.",
+        ),
+        (SNAPSHOT_BYTES, Unit::Bytes, "Size of the newest snapshot."),
+        (
+            SNAPSHOT_FAILURES,
+            Unit::Count,
+            "Snapshots that could not be written (the log keeps everything meanwhile).",
+        ),
+        (
+            REPLAY_DURATION,
+            Unit::Seconds,
+            "Time taken at start-up to read the data dir back (snapshot and log).",
         ),
         (
             STORE_UP,
@@ -673,12 +771,10 @@ fn describe(r: &PrometheusRecorder) {
     for (name, unit, help) in items {
         let key = name.into();
         match name {
-            HTTP_DURATION | BODY_BYTES | STORE_DURATION | FLUSH_REQUESTS => {
-                r.describe_histogram(key, Some(unit), help.into())
-            }
-            HTTP_IN_FLIGHT | SENSORS | BUILD_INFO | STORE_UP | CONNECTIONS_OPEN | API_KEYS => {
-                r.describe_gauge(key, Some(unit), help.into())
-            }
+            HTTP_DURATION | BODY_BYTES | STORE_DURATION | FLUSH_REQUESTS | WAL_FSYNC_DURATION
+            | SNAPSHOT_DURATION => r.describe_histogram(key, Some(unit), help.into()),
+            HTTP_IN_FLIGHT | SENSORS | BUILD_INFO | STORE_UP | CONNECTIONS_OPEN | API_KEYS
+            | SNAPSHOT_BYTES | REPLAY_DURATION => r.describe_gauge(key, Some(unit), help.into()),
             _ => r.describe_counter(key, Some(unit), help.into()),
         }
     }
@@ -705,6 +801,9 @@ mod tests {
             CONNECTIONS_IDLE_CLOSED,
             TLS_HANDSHAKE_FAILURES,
             RELOADS,
+            WAL_BYTES,
+            WAL_ERRORS,
+            SNAPSHOT_FAILURES,
         ] {
             assert!(name.starts_with(PREFIX) && name.ends_with("_total"), "{name}");
         }

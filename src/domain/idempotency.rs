@@ -63,6 +63,16 @@ impl Fingerprint {
         Self(Sha256::digest(body).into())
     }
 
+    /// The 32 digest bytes (how the durable store writes it).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Wraps 32 digest bytes read back from disk.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// Lower-case hex, 64 characters (how stores keep it).
     pub fn to_hex(&self) -> String {
         let mut out = String::with_capacity(64);

@@ -1,10 +1,15 @@
 //! `Claims`: the Idempotency-Key records of the memory store: who is processing a key
 //! right now, and which body a key completed with, each until it expires.
 //!
+//! The durable store uses these records too, with one more state: a claim whose batch is
+//! being written to the log (it cannot expire until the write is decided), and completed
+//! records that carry the wall-clock time they completed at, so they can be written to
+//! disk and outlive a restart with the rest of their window.
+//!
 //! The Redis store keeps the same records in Redis (see `store::redis`); both follow the
 //! rules of `CONTRACT.md`, section "Idempotency-Key".
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::{DashMap, mapref::entry::Entry};
 
@@ -14,7 +19,17 @@ use crate::domain::Fingerprint;
 #[derive(Debug)]
 enum State {
     Pending(ClaimToken),
-    Done(Fingerprint),
+    /// The durable store is writing this claim's batch; only the writer ends it.
+    Committing(ClaimToken),
+    /// Completed with this body, at this wall-clock time (Unix ms).
+    Done(Fingerprint, u64),
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[derive(Debug)]
@@ -50,16 +65,18 @@ impl Claims {
         };
         let claimed = |record: &Record| match &record.state {
             State::Pending(token) => Claim::Claimed(token.clone()),
-            State::Done(_) => unreachable!("a fresh record is pending"),
+            State::Committing(_) | State::Done(..) => unreachable!("a fresh record is pending"),
         };
         match self.records.entry(Box::from(key)) {
-            Entry::Occupied(mut e) if e.get().expires <= now => {
+            Entry::Occupied(mut e)
+                if e.get().expires <= now && !matches!(e.get().state, State::Committing(_)) =>
+            {
                 e.insert(fresh());
                 claimed(e.get())
             }
             Entry::Occupied(e) => match &e.get().state {
-                State::Pending(_) => Claim::InProgress,
-                State::Done(fingerprint) => Claim::Completed(*fingerprint),
+                State::Pending(_) | State::Committing(_) => Claim::InProgress,
+                State::Done(fingerprint, _) => Claim::Completed(*fingerprint),
             },
             Entry::Vacant(e) => claimed(e.insert(fresh()).value()),
         }
@@ -83,9 +100,59 @@ impl Claims {
         if let Err(e) = apply() {
             return Some(Err(e));
         }
-        record.state = State::Done(fingerprint);
+        record.state = State::Done(fingerprint, unix_ms());
         record.expires = now + self.done_ttl;
         Some(Ok(()))
+    }
+
+    /// For the durable store, before its batch goes to the log: when `token` still holds
+    /// `key`, the claim becomes a commit that does not expire, decided by
+    /// [`Claims::finish`] or [`Claims::abort`]. Returns whether it did.
+    pub fn begin_commit(&self, key: &str, token: &ClaimToken) -> bool {
+        let now = Instant::now();
+        let Some(mut record) = self.records.get_mut(key) else {
+            return false;
+        };
+        if !matches!(&record.state, State::Pending(t) if t == token) || record.expires <= now {
+            return false;
+        }
+        record.state = State::Committing(token.clone());
+        true
+    }
+
+    /// Records `key` as completed with `fingerprint` at `at_ms` (Unix ms): the commit of
+    /// its batch is durable, or recovery read it back. Records past the window are skipped.
+    pub fn finish(&self, key: &str, fingerprint: Fingerprint, at_ms: u64) {
+        let age = Duration::from_millis(unix_ms().saturating_sub(at_ms));
+        let Some(left) = self.done_ttl.checked_sub(age).filter(|d| !d.is_zero()) else {
+            self.records.remove(key);
+            return;
+        };
+        self.records.insert(
+            Box::from(key),
+            Record {
+                state: State::Done(fingerprint, at_ms),
+                expires: Instant::now() + left,
+            },
+        );
+    }
+
+    /// Ends a commit that failed: the key is free again, so the client may retry.
+    pub fn abort(&self, key: &str, token: &ClaimToken) {
+        self.records
+            .remove_if(key, |_, r| matches!(&r.state, State::Committing(t) if t == token));
+    }
+
+    /// Every live completed record: (key, fingerprint, completed at Unix ms).
+    pub fn completed(&self) -> Vec<(Box<str>, Fingerprint, u64)> {
+        let now = Instant::now();
+        self.records
+            .iter()
+            .filter_map(|r| match r.state {
+                State::Done(fp, at) if r.expires > now => Some((r.key().clone(), fp, at)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Gives up `key` when `token` still holds it, so the client may retry at once.
@@ -94,10 +161,16 @@ impl Claims {
             .remove_if(key, |_, r| matches!(&r.state, State::Pending(t) if t == token));
     }
 
-    /// Frees every expired record.
+    /// Forgets every record (a snapshot that failed to load halfway).
+    pub fn clear(&self) {
+        self.records.clear();
+    }
+
+    /// Frees every expired record (a commit in progress is never expired).
     pub fn purge(&self) {
         let now = Instant::now();
-        self.records.retain(|_, r| r.expires > now);
+        self.records
+            .retain(|_, r| r.expires > now || matches!(r.state, State::Committing(_)));
     }
 
     #[cfg(test)]
@@ -168,5 +241,35 @@ mod tests {
         let _ = claims.claim("x");
         claims.purge();
         assert_eq!(claims.len(), 0);
+    }
+
+    #[test]
+    fn a_commit_in_progress_neither_expires_nor_is_released_and_ends_done_or_free() {
+        let claims = Claims::new(Duration::ZERO, Duration::from_secs(60));
+        let Claim::Claimed(token) = claims.claim("k") else {
+            panic!()
+        };
+        // Expired at once as a claim: too late to commit.
+        assert!(!claims.begin_commit("k", &token));
+        let claims = Claims::new(Duration::from_secs(30), Duration::from_secs(60));
+        let Claim::Claimed(token) = claims.claim("k") else {
+            panic!()
+        };
+        assert!(claims.begin_commit("k", &token));
+        claims.release("k", &token);
+        claims.purge();
+        assert!(matches!(claims.claim("k"), Claim::InProgress));
+        claims.abort("k", &token);
+        let Claim::Claimed(token) = claims.claim("k") else {
+            panic!("free after abort")
+        };
+        assert!(claims.begin_commit("k", &token));
+        let fp = Fingerprint::of(b"[]");
+        claims.finish("k", fp, unix_ms());
+        assert!(matches!(claims.claim("k"), Claim::Completed(f) if f == fp));
+        assert_eq!(claims.completed().len(), 1);
+        // A record read back from disk after its window is dropped.
+        claims.finish("old", fp, unix_ms() - 61_000);
+        assert!(matches!(claims.claim("old"), Claim::Claimed(_)));
     }
 }

@@ -1,14 +1,17 @@
 //! Where statistics live: the [`Store`] the HTTP layer calls, one backend chosen at
-//! start-up (`--store`): [`MemoryStore`] in this process, or [`RedisStore`] shared by
-//! every replica. Both keep the Idempotency-Key records next to the statistics, so a
-//! batch and the record of its key are applied in one step.
+//! start-up (`--store`, `--data-dir`): [`MemoryStore`] in this process, [`DurableStore`]
+//! in this process and on disk, or [`RedisStore`] shared by every replica. Each keeps the
+//! Idempotency-Key records next to the statistics, so a batch and the record of its key
+//! are applied in one step.
 
+mod durable;
 mod idempotency;
 mod memory;
 mod redis;
 
 use std::{sync::Arc, time::Duration};
 
+pub use durable::{DurableSettings, DurableStore};
 pub use memory::MemoryStore;
 pub use redis::{RedisSettings, RedisStore, Target};
 use tokio_util::sync::CancellationToken;
@@ -97,6 +100,8 @@ pub enum Store {
     Memory(Arc<MemoryStore>, Arc<Claims>),
     /// Statistics in a Redis shared by every replica.
     Redis(Arc<RedisStore>),
+    /// Statistics in this process's memory, written ahead to a log in `--data-dir`.
+    Durable(Arc<DurableStore>),
 }
 
 impl Store {
@@ -119,17 +124,21 @@ impl Store {
     }
 
     /// The backend `config` asks for. A Redis store connects in the background: it is
-    /// not ready until it has reached Redis.
+    /// not ready until it has reached Redis. A durable store is not ready until
+    /// [`Store::start`] has read its data dir back.
     ///
     /// # Errors
-    /// When the Redis URL cannot be used.
+    /// When the Redis URL cannot be used, or the data dir cannot be created or locked.
     pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         match config.store {
-            StoreKind::Memory => Ok(Self::memory_with(
-                config.request_timeout,
-                config.idempotency_ttl,
-                config.max_sensors.map(std::num::NonZeroU64::get),
-            )),
+            StoreKind::Memory => match DurableSettings::from_config(config) {
+                Some(settings) => Ok(Self::Durable(Arc::new(DurableStore::open(settings, metrics)?))),
+                None => Ok(Self::memory_with(
+                    config.request_timeout,
+                    config.idempotency_ttl,
+                    config.max_sensors.map(std::num::NonZeroU64::get),
+                )),
+            },
             StoreKind::Redis | StoreKind::RedisCluster => {
                 let settings = RedisSettings::from_config(config)?;
                 Ok(Self::Redis(Arc::new(RedisStore::new(settings, metrics)?)))
@@ -139,7 +148,9 @@ impl Store {
 
     /// Applies every delta of `batch` in one atomic step, together with the idempotency
     /// record of `completion` when there is one. A sensor's count and sum change together.
-    /// With `--max-sensors`, a batch that would pass the cap is refused whole.
+    /// With a data dir, it returns once the batch is in the log (fsynced with `--fsync
+    /// always`) and applied. With `--max-sensors`, a batch that would pass the cap is
+    /// refused whole.
     ///
     /// # Errors
     /// [`StoreError`] when the backend fails (never for memory), the claim was lost, or
@@ -163,6 +174,37 @@ impl Store {
                 }
             }
             Self::Redis(r) => r.record_batch(batch, completion).await,
+            Self::Durable(d) => d.record_batch(batch, completion).await,
+        }
+    }
+
+    /// Start-up work before the store is ready: a durable store reads its data dir back
+    /// (blocking work, run off the async workers). Nothing for the others.
+    ///
+    /// # Errors
+    /// When the data dir cannot be read back (damage, I/O errors).
+    pub async fn start(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Durable(d) => {
+                let d = Arc::clone(d);
+                tokio::task::spawn_blocking(move || d.recover()).await?
+            }
+            Self::Memory(..) | Self::Redis(_) => Ok(()),
+        }
+    }
+
+    /// After the drain: a durable store writes its last snapshot and closes its log.
+    pub async fn shutdown(&self) {
+        if let Self::Durable(d) = self {
+            d.shutdown().await;
+        }
+    }
+
+    /// The durable backend, when that is the one in use (tests, snapshots on demand).
+    pub fn durable(&self) -> Option<&Arc<DurableStore>> {
+        match self {
+            Self::Durable(d) => Some(d),
+            _ => None,
         }
     }
 
@@ -174,6 +216,7 @@ impl Store {
         match self {
             Self::Memory(_, claims) => Ok(claims.claim(key)),
             Self::Redis(r) => r.claim(key).await,
+            Self::Durable(d) => d.claim(key),
         }
     }
 
@@ -183,6 +226,7 @@ impl Store {
         match self {
             Self::Memory(_, claims) => claims.release(key, token),
             Self::Redis(r) => r.release(key, token).await,
+            Self::Durable(d) => d.release(key, token),
         }
     }
 
@@ -194,6 +238,7 @@ impl Store {
         match self {
             Self::Memory(m, _) => Ok(m.get(sensor).unwrap_or_default()),
             Self::Redis(r) => r.get(sensor).await,
+            Self::Durable(d) => d.get(sensor),
         }
     }
 
@@ -208,6 +253,7 @@ impl Store {
                 Ok(())
             }
             Self::Redis(r) => r.delete(sensor).await,
+            Self::Durable(d) => d.delete(sensor).await,
         }
     }
 
@@ -217,19 +263,23 @@ impl Store {
         match self {
             Self::Memory(m, _) => Some(m.len()),
             Self::Redis(r) => r.sensors_tracked().await,
+            Self::Durable(d) => Some(d.sensors_tracked()),
         }
     }
 
-    /// Whether the backend can take requests (memory: always).
+    /// Whether the backend can take requests (memory: always; durable: once its data
+    /// dir is read back).
     pub fn is_ready(&self) -> bool {
         match self {
             Self::Memory(..) => true,
             Self::Redis(r) => r.is_ready(),
+            Self::Durable(d) => d.is_ready(),
         }
     }
 
     /// The store's upkeep until `stop` is cancelled: expiring idempotency records in
-    /// memory; watching the connection (readiness) for Redis.
+    /// memory (and periodic snapshots with a data dir); watching the connection
+    /// (readiness) for Redis.
     pub async fn run_upkeep(self, stop: CancellationToken) {
         match self {
             Self::Memory(_, claims) => {
@@ -243,6 +293,7 @@ impl Store {
                 }
             }
             Self::Redis(r) => r.watch(stop).await,
+            Self::Durable(d) => d.run_upkeep(stop).await,
         }
     }
 }

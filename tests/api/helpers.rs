@@ -16,6 +16,7 @@ use sensor_stats::{
     config::{RedisUrl, StoreKind},
     reload::Reloader,
     state::Lifecycle,
+    store::Store,
     telemetry,
 };
 use serde_json::Value;
@@ -35,6 +36,10 @@ pub struct TestApp {
     /// The Redis this app uses in redis mode, kept alive as long as the app.
     #[expect(dead_code, reason = "held for its lifetime, not read")]
     redis: Option<Arc<RedisServer>>,
+    /// The data dir this app uses in durable mode, removed with the app.
+    #[expect(dead_code, reason = "held for its lifetime, not read")]
+    data_dir: Option<tempfile::TempDir>,
+    pub store: Store,
     /// The Redis Cluster this app uses in redis-cluster mode, kept alive as long as the app.
     cluster: Option<Arc<crate::cluster::RedisCluster>>,
     pub addr: SocketAddr,
@@ -99,6 +104,12 @@ pub fn cluster_mode() -> bool {
     std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "redis-cluster")
 }
 
+/// Whether the suite runs with a data dir: `SENSOR_STATS_TEST_STORE=durable` gives every
+/// memory-store app its own temporary `--data-dir`.
+pub fn durable_mode() -> bool {
+    std::env::var("SENSOR_STATS_TEST_STORE").is_ok_and(|v| v == "durable")
+}
+
 /// An app on 127.0.0.1:0 in the suite's store mode (its own fresh `redis-server` in redis
 /// mode), ready to serve when this returns.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
@@ -145,6 +156,8 @@ pub async fn spawn_app_unready(
         config.store = StoreKind::Redis;
         config.redis_url = Some(RedisUrl(r.url()));
     }
+    let data_dir = (redis.is_none() && durable_mode()).then(|| tempfile::tempdir().expect("temp dir"));
+    config.data_dir = data_dir.as_ref().map(|d| d.path().to_owned());
     configure(&mut config);
     let listener = TcpListener::bind((config.host, 0))
         .await
@@ -155,6 +168,7 @@ pub async fn spawn_app_unready(
     let app = App::build_with_listener(config, listener).expect("app builds");
     let addr = app.local_addr();
     let lifecycle = app.lifecycle();
+    let store = app.store();
     let reloader = app.reloader();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
@@ -162,6 +176,8 @@ pub async fn spawn_app_unready(
     }));
     TestApp {
         redis,
+        data_dir,
+        store,
         cluster: None,
         addr,
         client: reqwest::Client::builder()

@@ -5,6 +5,7 @@
 mod access;
 mod balancer;
 mod cluster;
+mod durability;
 mod health;
 mod helpers;
 mod idempotency;
