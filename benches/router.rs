@@ -1,32 +1,30 @@
-//! Whole requests through the router without a socket: `POST /data` (W1 body) and
-//! `GET /statistics/{sensor}`, with the production middleware stack and with the bare
-//! handlers, so the cost of metrics, tracing, request ids and error mapping shows. The
-//! tracing subscriber is installed as in production (level info, output discarded).
+//! Whole requests without a socket: `POST /data` (W1 body and one measurement) and
+//! `GET /statistics/{sensor}`, through the production service (edge and hot routes) and
+//! through the axum router alone (the handlers the service falls back to, no edge), so
+//! the cost of the edge and of axum's routing shows. The tracing subscriber is installed
+//! as in production (level info, output discarded).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public functions
 
-use std::time::Duration;
-
 use axum::{
-    Router,
     body::Body,
-    http::{Request, StatusCode},
-    middleware,
-    routing::{get, post},
+    http::{Request, Response, StatusCode},
 };
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use bytes::Bytes;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+    measurement::WallTime,
+};
+use http_body_util::BodyExt as _;
 use sensor_stats::{
     config::LogFormat,
-    http::{self, ingest::post_data, statistics::get_statistics},
+    http::{self, HttpService},
     state::AppState,
     store::Store,
     telemetry, workload,
 };
-use tower::{ServiceBuilder, ServiceExt as _};
-use tower_http::{
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::TraceLayer,
-};
+use tokio::runtime::Runtime;
+use tower::{Service, ServiceExt as _};
 
 fn state() -> AppState {
     let state = AppState::new(Store::memory(), Default::default(), 16 << 20);
@@ -34,59 +32,53 @@ fn state() -> AppState {
     state
 }
 
-fn bare() -> Router<AppState> {
-    Router::new()
-        .route("/data", post(post_data))
-        .route("/statistics/{sensor}", get(get_statistics))
-}
-
-/// The production router, the bare handlers, and the bare handlers with one of
-/// production's layers each (the per-layer cost is its time minus `bare_handlers`).
-fn routers() -> Vec<(&'static str, Router)> {
-    let span = |request: &Request<Body>| {
-        tracing::info_span!(
-            "request",
-            method = %request.method(),
-            route = tracing::field::Empty,
-            status = tracing::field::Empty,
-            latency_us = tracing::field::Empty,
-            request_id = "00000000-0000-0000-0000-000000000000",
-        )
-    };
-    vec![
-        ("with_middleware", http::router(state(), Duration::from_secs(30))),
-        ("bare_handlers", bare().with_state(state())),
-        (
-            "only_trace_span",
-            bare()
-                .layer(TraceLayer::new_for_http().make_span_with(span).on_failure(()))
-                .with_state(state()),
-        ),
-        (
-            "only_request_id",
-            bare()
-                .layer(
-                    ServiceBuilder::new()
-                        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                        .layer(PropagateRequestIdLayer::x_request_id()),
-                )
-                .with_state(state()),
-        ),
-        ("only_edge_metrics_errors", {
-            let s = state();
-            bare()
-                .layer(middleware::from_fn_with_state(s.clone(), http::edge))
-                .with_state(s)
-        }),
-    ]
-}
-
-async fn call(router: &Router, request: Request<Body>, want: StatusCode) {
-    let response = router.clone().oneshot(request).await.unwrap();
+async fn call<S, B>(service: &S, request: Request<Body>, want: StatusCode)
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: axum::body::HttpBody,
+    B::Error: std::fmt::Debug,
+{
+    let response = service.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), want);
-    axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
+    response.into_body().collect().await.unwrap();
+}
+
+fn bench_routes<S, B>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    variant: &str,
+    service: S,
+    w1: &Bytes,
+    one: &Bytes,
+) where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: axum::body::HttpBody,
+    B::Error: std::fmt::Debug,
+{
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function(BenchmarkId::new("post_w1_batch", variant), |b| {
+        b.to_async(rt).iter(|| {
+            let req = Request::post("/data").body(Body::from(w1.clone())).unwrap();
+            call(&service, req, StatusCode::NO_CONTENT)
+        })
+    });
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::new("post_one_measurement", variant), |b| {
+        b.to_async(rt).iter(|| {
+            let req = Request::post("/data").body(Body::from(one.clone())).unwrap();
+            call(&service, req, StatusCode::NO_CONTENT)
+        })
+    });
+    group.bench_function(BenchmarkId::new("get_statistics", variant), |b| {
+        b.to_async(rt).iter(|| {
+            let req = Request::get("/statistics/sensor-000000000")
+                .body(Body::empty())
+                .unwrap();
+            call(&service, req, StatusCode::OK)
+        })
+    });
 }
 
 fn bench_router(c: &mut Criterion) {
@@ -97,34 +89,19 @@ fn bench_router(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let w1 = bytes::Bytes::from(workload::batch(1000, 100, 1));
-    let one = bytes::Bytes::from(workload::batch(1, 1, 1));
+    let w1 = Bytes::from(workload::batch(1000, 100, 1));
+    let one = Bytes::from(workload::batch(1, 1, 1));
 
     let mut group = c.benchmark_group("router");
-    for (variant, router) in routers() {
-        group.throughput(Throughput::Elements(1000));
-        group.bench_function(BenchmarkId::new("post_w1_batch", variant), |b| {
-            b.to_async(&rt).iter(|| {
-                let req = Request::post("/data").body(Body::from(w1.clone())).unwrap();
-                call(&router, req, StatusCode::NO_CONTENT)
-            })
-        });
-        group.throughput(Throughput::Elements(1));
-        group.bench_function(BenchmarkId::new("post_one_measurement", variant), |b| {
-            b.to_async(&rt).iter(|| {
-                let req = Request::post("/data").body(Body::from(one.clone())).unwrap();
-                call(&router, req, StatusCode::NO_CONTENT)
-            })
-        });
-        group.bench_function(BenchmarkId::new("get_statistics", variant), |b| {
-            b.to_async(&rt).iter(|| {
-                let req = Request::get("/statistics/sensor-000000000")
-                    .body(Body::empty())
-                    .unwrap();
-                call(&router, req, StatusCode::OK)
-            })
-        });
-    }
+    bench_routes(&mut group, &rt, "service", HttpService::new(state()), &w1, &one);
+    bench_routes(
+        &mut group,
+        &rt,
+        "axum_router_only",
+        http::router(state()),
+        &w1,
+        &one,
+    );
     group.finish();
 }
 

@@ -4,10 +4,14 @@
 //! table. Traffic goes only to 127.0.0.1 and every run stops by itself.
 //!
 //! Run it with `scripts/loadtest.sh` (builds, pins server and load to separate cores).
+//! `--servers sensor-stats,naive` runs every workload against sensor-stats and against
+//! the naive axum server of `examples/naive.rs`, one after the other (`--rounds 2`
+//! repeats the whole sequence, so the two alternate), and ends with a table of ratios
+//! per server CPU-second. sensor-stats runs at its default log level (info).
 //! `--stores memory,redis` runs every workload once per store; in redis mode a fresh
 //! `redis-server` (AOF, `appendfsync everysec`) runs beside the load generator, on its
 //! core, and the row adds Redis CPU-seconds per million measurements and requests per
-//! group-commit flush.
+//! group-commit flush. The naive server has no Redis mode and runs in memory only.
 //!
 //! Workloads (a fresh server each):
 //! - W1: 1000-measurement batches over 100 sensors.
@@ -15,15 +19,20 @@
 //! - W3: GET /statistics over 100 known sensors.
 //! - W4: 90% POST of 100-measurement batches to 10 hot sensors, 10% GET of the same
 //!   sensors from other connections.
+//! - W5: GET /statistics over 100 sensors (4 connections) while 2 connections post
+//!   100 000-measurement batches (8 MB bodies): the GET latency a large body causes.
 //! - MEM: 1M sensors with 16-byte ids posted in batches of 10k; RSS growth per sensor.
 //! - SOAK: W2 for the whole `--duration` with nobody scraping /metrics; RSS sampled every
 //!   `--duration / 10` (histogram samples must not pile up). Not in the default set.
 
 #![allow(missing_docs, clippy::print_stdout)]
 
+#[path = "support/client.rs"]
+mod client;
+
 use std::{
     cell::RefCell,
-    net::{SocketAddr, TcpListener as StdListener},
+    net::SocketAddr,
     process::{Child, Command, Stdio},
     rc::Rc,
     time::{Duration, Instant},
@@ -31,18 +40,25 @@ use std::{
 
 use bytes::Bytes;
 use clap::Parser;
+use client::{Client, free_port};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, StatusCode, client::conn::http1};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use sensor_stats::workload;
-use tokio::net::TcpStream;
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// The server binary to start.
+    /// The sensor-stats binary to start.
     #[arg(long, default_value = "target/release/sensor-stats")]
     server: String,
+    /// The naive server binary (`examples/naive.rs`).
+    #[arg(long, default_value = "target/release/examples/naive")]
+    naive: String,
+    /// Servers to run each workload against, comma-separated: sensor-stats,naive.
+    #[arg(long, default_value = "sensor-stats", value_delimiter = ',')]
+    servers: Vec<String>,
+    /// How many times to run the whole sequence (the servers alternate within each).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Pin the server to this CPU with taskset (omit to leave it unpinned).
     #[arg(long)]
     server_cpu: Option<usize>,
@@ -52,8 +68,8 @@ struct Args {
     /// Unmeasured warm-up before each workload.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Workloads to run, comma-separated: w1,w2,w3,w4,mem.
-    #[arg(long, default_value = "w1,w2,w3,w4,mem", value_delimiter = ',')]
+    /// Workloads to run, comma-separated: w1,w2,w3,w4,w5,mem,soak.
+    #[arg(long, default_value = "w1,w2,w3,w4,w5,mem", value_delimiter = ',')]
     workloads: Vec<String>,
     /// Stores to run each workload against, comma-separated: memory,redis.
     #[arg(long, default_value = "memory", value_delimiter = ',')]
@@ -61,6 +77,9 @@ struct Args {
     /// Set per workload run from `stores`.
     #[arg(skip)]
     store: String,
+    /// Set per workload run from `servers`.
+    #[arg(skip)]
+    target: String,
 }
 
 /// A `redis-server` for one workload run, in its own temp dir; killed on drop.
@@ -102,14 +121,6 @@ impl Drop for RedisProc {
     }
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// User + system CPU seconds of process `pid` so far.
 fn cpu_seconds_of(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -132,24 +143,23 @@ impl Server {
     async fn start(args: &Args) -> Self {
         let port = free_port();
         let redis = (args.store == "redis").then(RedisProc::start);
+        let binary = if args.target == "naive" {
+            &args.naive
+        } else {
+            &args.server
+        };
         let mut cmd = match args.server_cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string(), &args.server]);
+                c.args(["-c", &cpu.to_string(), binary]);
                 c
             }
-            None => Command::new(&args.server),
+            None => Command::new(binary),
         };
-        cmd.args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--log-level",
-            "warn",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null());
+        // sensor-stats at its default log level, as in production.
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null());
         if let Some(r) = &redis {
             cmd.args([
                 "--store",
@@ -160,7 +170,7 @@ impl Server {
         }
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.server));
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         let server = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -210,57 +220,6 @@ impl Drop for Server {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection.
-struct Client {
-    sender: http1::SendRequest<Full<Bytes>>,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::task::spawn_local(async move {
-            let _ = conn.await;
-        });
-        Ok(Self { sender })
-    }
-
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
-        self.sender.ready().await.expect("connection usable");
-        let resp = self.sender.send_request(req).await.expect("response");
-        let status = resp.status();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, body)
-    }
-
-    async fn post(&mut self, body: Bytes) -> StatusCode {
-        let req = Request::post("/data")
-            .header("host", "loadtest")
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .unwrap();
-        self.send(req).await.0
-    }
-
-    async fn get(&mut self, path: &str) -> (StatusCode, Bytes) {
-        let req = Request::get(path)
-            .header("host", "loadtest")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        self.send(req).await
-    }
-
-    async fn count(&mut self, sensor: &str) -> u64 {
-        let (status, body) = self.get(&format!("/statistics/{sensor}")).await;
-        assert_eq!(status, StatusCode::OK);
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        json["count"].as_u64().unwrap()
     }
 }
 
@@ -348,6 +307,7 @@ async fn worker(
 
 struct Row {
     name: &'static str,
+    server: String,
     store: String,
     redis_cpu_s: f64,
     requests_per_flush: f64,
@@ -376,6 +336,7 @@ impl Row {
         let secs = args.duration.as_secs_f64();
         Self {
             name,
+            server: args.target.clone(),
             store: args.store.clone(),
             redis_cpu_s: 0.0,
             requests_per_flush: 0.0,
@@ -669,6 +630,7 @@ async fn memory(args: &Args) -> Row {
         .to_owned();
     Row {
         name: "MEM 1M sensors, 16-byte ids",
+        server: args.target.clone(),
         store: args.store.clone(),
         redis_cpu_s: 0.0,
         requests_per_flush: 0.0,
@@ -689,6 +651,64 @@ async fn memory(args: &Args) -> Row {
     }
 }
 
+/// W3's GETs while 100k-measurement batches arrive on other connections.
+async fn w5(args: &Args) -> Row {
+    const PER_BODY: usize = 100_000;
+    const SENSORS: usize = 1000;
+    let server = Server::start(args).await;
+    let mut c = Client::connect(server.addr).await.unwrap();
+    assert_eq!(
+        c.post(Bytes::from(workload::batch(1000, 100, 1))).await,
+        StatusCode::NO_CONTENT
+    );
+    let post = Job::Post {
+        bodies: bodies(2, PER_BODY, SENSORS),
+        per_body: PER_BODY as u64,
+    };
+    let get = Job::Get {
+        sensors: ids(100),
+        paced_by: None,
+    };
+    let (tallies, acked, cpu, redis_cpu) = run_mix(args, &server, vec![(post, 2), (get, 4)]).await;
+    let verified = verify(&server, &ids(SENSORS), acked, 1000).await;
+    let secs = args.duration.as_secs_f64();
+    let row = {
+        let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
+        Row {
+            measurements_per_s: p.measurements as f64 / secs,
+            extra: format!(
+                "req/s, p50, p99: GETs; POST {:.1} batches/s, p99 {:.1} ms",
+                p.requests as f64 / secs,
+                p.percentile(0.99)
+            ),
+            ..Row::from_tally(
+                "W5 GET while 100k-measurement batches arrive",
+                "2+4",
+                &g,
+                args,
+                cpu,
+                &server,
+                verified,
+            )
+        }
+    };
+    with_store_costs(row, &server, redis_cpu).await
+}
+
+/// Requests (measurements for W1) per server CPU-second: what a core buys.
+fn per_cpu_second(r: &Row, duration: Duration) -> f64 {
+    let work = if r.name.starts_with("W1") {
+        r.measurements_per_s
+    } else {
+        r.requests_per_s
+    };
+    if r.cpu_s > 0.0 {
+        work * duration.as_secs_f64() / r.cpu_s
+    } else {
+        0.0
+    }
+}
+
 fn main() {
     let mut args = Args::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -698,36 +718,51 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let rows = local.block_on(&rt, async {
         let mut rows = Vec::new();
-        for w in args.workloads.clone() {
-            for store in args.stores.clone() {
-                args.store = store;
-                let args = &args;
-                eprintln!("running {w} ({}) ...", args.store);
-                rows.push(match w.as_str() {
-                    "w1" => post_workload(args, "W1 POST 1000 x 100 sensors", 1000, 100, 4).await,
-                    "w2" => post_workload(args, "W2 POST 1 measurement", 1, 1, 32).await,
-                    "w3" => w3(args).await,
-                    "w4" => w4(args).await,
-                    "mem" => memory(args).await,
-                    "soak" => soak(args).await,
-                    other => panic!("unknown workload {other}"),
-                });
+        for round in 1..=args.rounds {
+            for w in args.workloads.clone() {
+                for store in args.stores.clone() {
+                    for target in args.servers.clone() {
+                        // The naive server keeps its numbers in memory and has no /metrics.
+                        if target == "naive" && (store != "memory" || matches!(w.as_str(), "mem" | "soak")) {
+                            continue;
+                        }
+                        args.store = store.clone();
+                        args.target = target;
+                        let args = &args;
+                        eprintln!(
+                            "round {round}: running {w} on {} ({}) ...",
+                            args.target, args.store
+                        );
+                        rows.push(match w.as_str() {
+                            "w1" => post_workload(args, "W1 POST 1000 x 100 sensors", 1000, 100, 4).await,
+                            "w2" => post_workload(args, "W2 POST 1 measurement", 1, 1, 32).await,
+                            "w3" => w3(args).await,
+                            "w4" => w4(args).await,
+                            "w5" => w5(args).await,
+                            "mem" => memory(args).await,
+                            "soak" => soak(args).await,
+                            other => panic!("unknown workload {other}"),
+                        });
+                    }
+                }
             }
         }
         rows
     });
     println!(
-        "\nserver: {} (cpu {}), {} measured after {} warm-up per workload\n",
+        "\nsensor-stats: {}, naive: {} (cpu {}), {} measured after {} warm-up per workload, {} round(s)\n",
         args.server,
+        args.naive,
         args.server_cpu.map_or("unpinned".into(), |c| c.to_string()),
         humantime::format_duration(args.duration),
-        humantime::format_duration(args.warmup)
+        humantime::format_duration(args.warmup),
+        args.rounds
     );
     println!(
-        "| workload | store | conns | req/s | measurements/s | p50 ms | p99 ms | server CPU s | Redis CPU s per M meas | req/flush | peak RSS MiB | GET check | notes |"
+        "| workload | server | store | conns | req/s | measurements/s | per server CPU-s | p50 ms | p99 ms | server CPU s | Redis CPU s per M meas | req/flush | peak RSS MiB | GET check | notes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
         let measured = r.measurements_per_s * args.duration.as_secs_f64();
         let redis_per_m = if r.redis_cpu_s > 0.0 && measured > 0.0 {
             format!("{:.2}", r.redis_cpu_s / measured * 1e6)
@@ -740,12 +775,14 @@ fn main() {
             "-".into()
         };
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {} |",
             r.name,
+            r.server,
             r.store,
             r.connections,
             r.requests_per_s,
             r.measurements_per_s,
+            per_cpu_second(r, args.duration),
             r.p50_ms,
             r.p99_ms,
             r.cpu_s,
@@ -754,6 +791,51 @@ fn main() {
             r.peak_rss_mib,
             r.verified,
             r.extra
+        );
+    }
+    print_ratios(&rows, args.duration);
+}
+
+/// sensor-stats against the naive server, per workload (memory store): the mean over the
+/// rounds of the work per server CPU-second (measurements for W1, requests otherwise),
+/// and of p99.
+fn print_ratios(rows: &[Row], duration: Duration) {
+    let mean = |server: &str, name: &str, f: &dyn Fn(&Row) -> f64| {
+        let values: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.server == server && r.name == name && r.store == "memory")
+            .map(f)
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let mut names: Vec<&'static str> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.name) {
+            names.push(r.name);
+        }
+    }
+    let mut header = false;
+    for name in names {
+        let per_cpu = |r: &Row| per_cpu_second(r, duration);
+        let p99 = |r: &Row| r.p99_ms;
+        let (Some(ours), Some(naive)) = (
+            mean("sensor-stats", name, &per_cpu),
+            mean("naive", name, &per_cpu),
+        ) else {
+            continue;
+        };
+        if !header {
+            println!(
+                "\n| workload (memory store) | sensor-stats per CPU-s | naive per CPU-s | ratio | p99 ms sensor-stats / naive |"
+            );
+            println!("|---|---|---|---|---|");
+            header = true;
+        }
+        println!(
+            "| {name} | {ours:.0} | {naive:.0} | {:.2}x | {:.2} / {:.2} |",
+            ours / naive,
+            mean("sensor-stats", name, &p99).unwrap_or(0.0),
+            mean("naive", name, &p99).unwrap_or(0.0)
         );
     }
 }

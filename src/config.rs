@@ -41,8 +41,9 @@ pub struct Config {
     #[arg(long, env = "SENSOR_STATS_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// How long a client may take to send a request's headers, counted from the
-    /// connection's first byte or from accepting it (slow or silent clients are closed).
+    /// How long an HTTP/1 connection may go without a request being handled, counted from
+    /// accepting it or from its last response: silent clients, clients too slow to send a
+    /// request's headers and idle keep-alive connections are closed after it.
     #[arg(long, env = "SENSOR_STATS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 

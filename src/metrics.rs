@@ -5,7 +5,13 @@
 //! apps in one process (the tests) keep separate numbers, and handlers increment
 //! pre-registered handles instead of looking a name up on every call.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use dashmap::DashMap;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder as _, SharedString, Unit};
@@ -151,6 +157,9 @@ pub struct Metrics {
     handle: PrometheusHandle,
     process: metrics_process::Collector,
     in_flight: Gauge,
+    /// Requests in flight, counted with plain atomics on the hot path and copied into the
+    /// gauge when rendered.
+    in_flight_count: Arc<AtomicI64>,
     measurements: Counter,
     batches: Counter,
     body_bytes: Histogram,
@@ -226,6 +235,7 @@ impl Metrics {
         let plain = |name: &'static str| Key::from_static_name(name);
         Self {
             in_flight: recorder.register_gauge(&plain(HTTP_IN_FLIGHT), &METADATA),
+            in_flight_count: Arc::default(),
             measurements: recorder.register_counter(&plain(MEASUREMENTS), &METADATA),
             batches: recorder.register_counter(&plain(BATCHES), &METADATA),
             body_bytes: recorder.register_histogram(&plain(BODY_BYTES), &METADATA),
@@ -279,8 +289,14 @@ impl Metrics {
     /// happens when the request is cancelled (client gone, drain deadline), so the gauge
     /// cannot drift upwards.
     pub fn in_flight(&self) -> InFlight {
-        self.in_flight.increment(1.0);
-        InFlight(self.in_flight.clone())
+        self.in_flight_count.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(&self.in_flight_count))
+    }
+
+    /// The in-flight counter itself, for callers that count without a guard (the HTTP
+    /// service counts each request up and down exactly once).
+    pub fn in_flight_counter(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.in_flight_count)
     }
 
     /// Counts a request rejected with a 4xx for a bounded `reason`.
@@ -344,6 +360,8 @@ impl Metrics {
         if let Some(n) = sensors_tracked {
             self.sensors.set(n as f64);
         }
+        self.in_flight
+            .set(self.in_flight_count.load(Ordering::Relaxed) as f64);
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
     }
@@ -351,11 +369,11 @@ impl Metrics {
 
 /// Holds one request in the in-flight gauge; see [`Metrics::in_flight`].
 #[must_use = "the request stops counting as in flight when this is dropped"]
-pub struct InFlight(Gauge);
+pub struct InFlight(Arc<AtomicI64>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -22,6 +22,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Largest accepted body, in bytes.
     pub body_limit: usize,
+    /// Longest time a `POST /data` may take, body upload included.
+    pub request_timeout: Duration,
     /// Keeps rejected-request log lines to a trickle under a storm of bad requests.
     pub rejection_log: Arc<LogSampler>,
 }
@@ -30,15 +32,23 @@ pub struct AppState {
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl AppState {
-    /// State over `store`, recording into `metrics`, not yet ready.
+    /// State over `store`, recording into `metrics`, not yet ready, with the default
+    /// request timeout.
     pub fn new(store: Store, metrics: Arc<Metrics>, body_limit: usize) -> Self {
         Self {
             store,
             metrics,
             lifecycle: Arc::new(Lifecycle::default()),
             body_limit,
+            request_timeout: crate::Config::default().request_timeout,
             rejection_log: Arc::new(LogSampler::new(REJECTION_LOG_INTERVAL)),
         }
+    }
+
+    /// The same state with another request timeout.
+    pub fn with_request_timeout(mut self, request_timeout: Duration) -> Self {
+        self.request_timeout = request_timeout;
+        self
     }
 }
 

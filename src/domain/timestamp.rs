@@ -5,9 +5,9 @@
 //! positions, the calendar checked directly, and the instant computed with the
 //! days-from-civil algorithm, without building chrono values. chrono prints the answer.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
-use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
+use chrono::{DateTime, Utc};
 
 /// An instant, always held in UTC: seconds since the Unix epoch and nanoseconds within
 /// the second. Field order makes the derived ordering the order of instants.
@@ -136,43 +136,97 @@ impl Timestamp {
     }
 }
 
-impl fmt::Display for Timestamp {
+impl Timestamp {
+    /// The instant in the one form the service answers with,
     /// `YYYY-MM-DDTHH:MM:SS[.ffffff|.fffffffff]+00:00`: no fraction when it is zero, six
-    /// digits for whole microseconds, nine otherwise.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.as_datetime();
-        if (0..=9999).contains(&t.year()) {
-            write!(
-                f,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-                t.year(),
-                t.month(),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )?;
+    /// digits for whole microseconds, nine otherwise. Written on the stack, without
+    /// chrono, except for years outside 0000..=9999 (only reachable by an offset that
+    /// pushes year 0000 or 9999 over the edge).
+    pub fn text(&self) -> TimestampText {
+        let mut out = TimestampText {
+            bytes: [0; TimestampText::CAPACITY],
+            len: 0,
+        };
+        let days = self.secs.div_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        if !(0..=9999).contains(&year) {
+            let text = self.as_datetime().format("%Y-%m-%dT%H:%M:%S").to_string();
+            out.push(text.as_bytes());
         } else {
-            // Only reachable by offsets that push year 0000 or 9999 over the edge.
-            write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S"))?;
+            let second_of_day = self.secs.rem_euclid(86_400) as u32;
+            out.digits(year as u32, 4);
+            out.push(b"-");
+            out.digits(month, 2);
+            out.push(b"-");
+            out.digits(day, 2);
+            out.push(b"T");
+            out.digits(second_of_day / 3600, 2);
+            out.push(b":");
+            out.digits(second_of_day / 60 % 60, 2);
+            out.push(b":");
+            out.digits(second_of_day % 60, 2);
         }
-        let nanos = t.nanosecond();
-        if nanos != 0 {
-            if nanos.is_multiple_of(1_000) {
-                write!(f, ".{:06}", nanos / 1_000)?;
+        if self.nanos != 0 {
+            out.push(b".");
+            if self.nanos.is_multiple_of(1_000) {
+                out.digits(self.nanos / 1_000, 6);
             } else {
-                write!(f, ".{nanos:09}")?;
+                out.digits(self.nanos, 9);
             }
         }
-        f.write_str("+00:00")
+        out.push(b"+00:00");
+        out
+    }
+}
+
+/// A formatted [`Timestamp`] (see [`Timestamp::text`]), held on the stack.
+#[derive(Clone, Copy)]
+pub struct TimestampText {
+    bytes: [u8; Self::CAPACITY],
+    len: usize,
+}
+
+impl TimestampText {
+    /// Room for the longest form: a signed five-digit year (chrono's), nine fraction
+    /// digits and the offset.
+    const CAPACITY: usize = 40;
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("ASCII digits and separators")
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Writes `value` as exactly `width` decimal digits, zero-padded.
+    fn digits(&mut self, mut value: u32, width: usize) {
+        for slot in self.bytes[self.len..self.len + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        self.len += width;
+    }
+}
+
+impl fmt::Debug for TimestampText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// See [`Timestamp::text`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text().as_str())
     }
 }
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut text = String::with_capacity(35);
-        write!(text, "{self}").map_err(serde::ser::Error::custom)?;
-        serializer.serialize_str(&text)
+        serializer.serialize_str(self.text().as_str())
     }
 }
 
@@ -217,6 +271,25 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// The civil date of `days` since 1970-01-01 (Howard Hinnant's `civil_from_days`), the
+/// inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 fn parse_offset(b: &[u8]) -> Result<OffsetSeconds, TimestampError> {
     let sign = match b {
         [] => return Ok(0),
@@ -239,6 +312,7 @@ fn parse_offset(b: &[u8]) -> Result<OffsetSeconds, TimestampError> {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Datelike as _;
     use proptest::prelude::*;
 
     use super::*;
@@ -359,6 +433,7 @@ mod tests {
             let (y, m, d) = (date.year() as u32, date.month(), date.day());
             let want = date.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp();
             assert_eq!(days_from_civil(i64::from(y), m, d) * 86_400, want, "{date}");
+            assert_eq!(civil_from_days(want / 86_400), (i64::from(y), m, d), "{date}");
             if d == 28 || d == 29 || d == 30 {
                 assert_eq!(
                     days_in_month(y, m) == d,
@@ -380,6 +455,21 @@ mod tests {
         ) {
             let t = Timestamp::from_datetime(DateTime::from_timestamp(secs, nanos).unwrap());
             prop_assert_eq!(Timestamp::parse(&t.to_string()), Ok(t));
+        }
+
+        #[test]
+        fn text_matches_chrono(secs in -62_198_755_200i64..253_402_387_199, nanos in 0u32..1_000_000_000, micros in any::<bool>()) {
+            let nanos = if micros { nanos / 1000 * 1000 } else { nanos };
+            let t = Timestamp::from_datetime(DateTime::from_timestamp(secs, nanos).unwrap());
+            let at = t.as_datetime();
+            let fraction = match nanos {
+                0 => String::new(),
+                n if n % 1000 == 0 => format!(".{:06}", n / 1000),
+                n => format!(".{n:09}"),
+            };
+            let want = format!("{}{fraction}+00:00", at.format("%Y-%m-%dT%H:%M:%S"));
+            let text = t.text();
+            prop_assert_eq!(text.as_str(), want.as_str());
         }
 
         #[test]

@@ -52,6 +52,9 @@ pub enum ApiError {
          retry after it has been answered"
     )]
     IdempotencyInProgress,
+    /// `POST /data` took longer than the request timeout (a slow upload, a slow store).
+    #[error("request took too long and was cancelled")]
+    Timeout,
     /// The `Idempotency-Key` was used before with another body.
     #[error(
         "this Idempotency-Key was already used with a different request body; nothing was \
@@ -114,6 +117,7 @@ impl ApiError {
             }
             Self::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::IdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            Self::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
         }
     }
 }
@@ -136,7 +140,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Gives the plain error responses of axum and tower-http (404, 405, 408, 413, 415, ...)
+/// Gives the plain error responses of axum and tower-http (404, 405, 413, 415, ...)
 /// our JSON shape, keeping their status and headers. Responses that are already JSON, and
 /// successes, pass untouched.
 pub fn jsonify(response: Response, body_limit: usize) -> Response {
@@ -155,7 +159,6 @@ pub fn jsonify(response: Response, body_limit: usize) -> Response {
             "method_not_allowed",
             "method not allowed on this route; the Allow header lists the allowed ones".to_owned(),
         ),
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "request took too long and was cancelled".to_owned()),
         StatusCode::PAYLOAD_TOO_LARGE => (
             "too_large",
             format!("request body is larger than the limit of {body_limit} bytes"),

@@ -4,15 +4,19 @@
 use std::time::Duration;
 
 use axum::{
-    extract::{MatchedPath, State},
-    http::{Method, header},
-    response::{IntoResponse, Response},
+    extract::State,
+    http::{HeaderValue, Method, Response, header},
+    response::IntoResponse,
+};
+use tracing::Span;
+
+use crate::{
+    http::{error::Rejection, service::SPAN_TARGET},
+    state::AppState,
 };
 
-use crate::{http::error::Rejection, state::AppState};
-
 /// Renders the Prometheus text exposition.
-pub async fn render_metrics(State(state): State<AppState>) -> Response {
+pub async fn render_metrics(State(state): State<AppState>) -> axum::response::Response {
     let text = state.metrics.render(state.store.sensors_tracked().await);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
@@ -21,22 +25,27 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Records one finished request: count, latency, the span's status and latency fields,
-/// and for a rejection its counter and a sampled log line.
-pub fn record(
+/// Records one finished request: count, latency, the span's status and latency fields
+/// and per-request line (when the span is on, at debug level), and for a rejection its
+/// counter and a sampled log line that carries the request's fields itself.
+pub fn record<B>(
     state: &AppState,
     route: &'static str,
     method: &'static str,
     elapsed: Duration,
-    response: &Response,
+    response: &Response<B>,
+    request_id: &HeaderValue,
+    span: &Span,
 ) {
     let status = response.status();
     state
         .metrics
         .http_request(route, method, status.as_u16(), elapsed);
-    let span = tracing::Span::current();
-    span.record("status", status.as_u16());
-    span.record("latency_us", elapsed.as_micros() as u64);
+    if !span.is_disabled() {
+        span.record("status", status.as_u16());
+        span.record("latency_us", elapsed.as_micros() as u64);
+        tracing::debug!(target: SPAN_TARGET, parent: span, "request finished");
+    }
     if let Some(rejection) = response.extensions().get::<Rejection>()
         && status.is_client_error()
     {
@@ -47,22 +56,29 @@ pub fn record(
                 reason = rejection.reason,
                 error = %rejection.message,
                 suppressed_since_last = suppressed,
+                method,
+                route,
+                request_id = request_id.to_str().unwrap_or(""),
                 "request rejected"
             );
         }
     }
 }
 
-/// The matched route template as a `'static` label value; `unmatched` without a match.
-pub fn route_label(matched: Option<&MatchedPath>) -> &'static str {
-    match matched.map(MatchedPath::as_str) {
-        None => "unmatched",
-        Some("/data") => "/data",
-        Some("/statistics/{sensor}") => "/statistics/{sensor}",
-        Some("/healthz") => "/healthz",
-        Some("/livez") => "/livez",
-        Some("/metrics") => "/metrics",
-        Some(_) => "other",
+/// The route template `path` matches in [`super::router`], as a `'static` label value;
+/// `unmatched` when it matches none (the router answers 404). Worked out from the path
+/// before routing, so the edge does not wait for axum's `MatchedPath`; a test checks it
+/// against axum's matching.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/data" => "/data",
+        "/healthz" => "/healthz",
+        "/livez" => "/livez",
+        "/metrics" => "/metrics",
+        _ => match path.strip_prefix("/statistics/") {
+            Some(sensor) if !sensor.is_empty() && !sensor.contains('/') => "/statistics/{sensor}",
+            _ => "unmatched",
+        },
     }
 }
 
@@ -77,5 +93,63 @@ pub fn method_label(method: &Method) -> &'static str {
         Method::PATCH => "PATCH",
         Method::OPTIONS => "OPTIONS",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, extract::MatchedPath, http::Request, middleware};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::store::Store;
+
+    /// The label worked out from the path is the template axum matched, for every route
+    /// and for paths that look close to one.
+    #[tokio::test]
+    async fn route_labels_match_axums_routing() {
+        let state = AppState::new(Store::memory(), Default::default(), 1024);
+        let router = super::super::router(state).layer(middleware::map_response(
+            |matched: Option<MatchedPath>, mut response: axum::response::Response| async move {
+                let label = matched.map_or("unmatched".to_owned(), |m| m.as_str().to_owned());
+                response
+                    .headers_mut()
+                    .insert("x-matched", HeaderValue::from_str(&label).unwrap());
+                response
+            },
+        ));
+        for path in [
+            "/",
+            "/data",
+            "/data/",
+            "/datax",
+            "//data",
+            "/healthz",
+            "/healthz/",
+            "/livez",
+            "/metrics",
+            "/metrics/x",
+            "/statistics",
+            "/statistics/",
+            "/statistics/a",
+            "/statistics/a%2Fb",
+            "/statistics/a/",
+            "/statistics/a/b",
+            "/statistics//",
+            "/statistics/%20",
+            "/Statistics/a",
+            "/nope",
+        ] {
+            for method in ["GET", "POST", "DELETE", "PUT"] {
+                let request = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(Body::empty())
+                    .unwrap();
+                let response = router.clone().oneshot(request).await.unwrap();
+                let matched = response.headers()["x-matched"].to_str().unwrap().to_owned();
+                assert_eq!(route_label(path), matched, "{method} {path}");
+            }
+        }
     }
 }

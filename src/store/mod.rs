@@ -179,6 +179,15 @@ impl Store {
         }
     }
 
+    /// The statistics of `sensor` when the backend can answer without waiting (memory:
+    /// always); `None` when it has to be asked over the network (then call [`Store::get`]).
+    pub fn get_now(&self, sensor: SensorId<'_>) -> Option<Summary> {
+        match self {
+            Self::Memory(m, _) => Some(m.get(sensor).unwrap_or_default()),
+            Self::Redis(_) => None,
+        }
+    }
+
     /// Forgets `sensor`; later measurements start a fresh history. Unknown sensors are fine.
     ///
     /// # Errors

@@ -1,0 +1,193 @@
+//! Instruction counts per request of a real server over a real socket, for comparisons
+//! that do not depend on how busy the machine is.
+//!
+//! Starts the server binary (sensor-stats, or the naive server of `examples/naive.rs`)
+//! under `valgrind --tool=callgrind` with collection off, warms it up with `--warmup`
+//! requests (W3: after loading 100 sensors), switches collection on
+//! (`callgrind_control -i on`), sends `--requests` requests over `--connections`
+//! keep-alive connections, switches collection off, stops the server with SIGTERM and
+//! prints the instructions the server executed per request (every thread: runtime,
+//! hyper, middleware, handler, kernel-call wrappers). With `--keep DIR` the callgrind
+//! file stays for `callgrind_annotate`.
+//!
+//!     cargo build --release --bin sensor-stats --example naive --example http_profile
+//!     target/release/examples/http_profile --server target/release/sensor-stats --workload w2
+//!     target/release/examples/http_profile --server target/release/examples/naive --workload w3
+
+#![allow(missing_docs, clippy::print_stdout)]
+
+#[path = "support/client.rs"]
+mod client;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use clap::Parser;
+use client::{Client, free_port};
+use hyper::StatusCode;
+use sensor_stats::workload;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The server binary (takes `--host` and `--port`).
+    #[arg(long, default_value = "target/release/sensor-stats")]
+    server: String,
+    /// `w2` (POST one measurement) or `w3` (GET /statistics over 100 sensors).
+    #[arg(long, default_value = "w2")]
+    workload: String,
+    /// Requests counted.
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
+    /// Requests before counting starts (connections, buffers and caches warm).
+    #[arg(long, default_value_t = 1000)]
+    warmup: usize,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Keep the callgrind output in this directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Extra arguments for the server, e.g. `--server-arg=--log-level=warn`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Environment for the server, `NAME=value` (e.g. `RUST_LOG=warn`).
+    #[arg(long = "server-env")]
+    server_env: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let dir = tempfile::tempdir().unwrap();
+    let out = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).unwrap();
+            let name = std::path::Path::new(&args.server)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            d.join(format!("{name}-{}.callgrind", args.workload))
+        }
+        None => dir.path().join("callgrind.out"),
+    };
+    let port = free_port();
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--tool=callgrind", "--instr-atstart=no", "--dump-instr=no"])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&args.server)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(&args.server_args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for kv in &args.server_env {
+        let (k, v) = kv.split_once('=').expect("--server-env NAME=value");
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("valgrind");
+    let pid = child.id().to_string();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        wait_ready(addr).await;
+        let mut clients = Vec::new();
+        for _ in 0..args.connections {
+            clients.push(Client::connect(addr).await.expect("connect"));
+        }
+        if args.workload == "w3" {
+            let load = Bytes::from(workload::batch(1000, 100, 1));
+            assert_eq!(clients[0].post(load).await, StatusCode::NO_CONTENT);
+        }
+        clients = drive(clients, &args.workload, args.warmup).await;
+        control(&pid, "-i", "on");
+        let started = Instant::now();
+        clients = drive(clients, &args.workload, args.requests).await;
+        let elapsed = started.elapsed();
+        control(&pid, "-i", "off");
+        drop(clients);
+        eprintln!("{} requests in {elapsed:?} under callgrind", args.requests);
+    });
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "server exited with {status}");
+
+    let text = std::fs::read_to_string(&out).expect("callgrind output");
+    let total: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("totals: "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("callgrind summary line");
+    println!(
+        "{} {}: {} instructions for {} requests = {:.0} per request",
+        args.server,
+        args.workload,
+        total,
+        args.requests,
+        total as f64 / args.requests as f64
+    );
+}
+
+/// Sends `n` requests spread over the connections, all connections busy at once.
+async fn drive(clients: Vec<Client>, workload: &str, n: usize) -> Vec<Client> {
+    let per = n / clients.len();
+    let extra = n % clients.len();
+    let handles: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut client)| {
+            let count = per + usize::from(c < extra);
+            let workload = workload.to_owned();
+            tokio::task::spawn_local(async move {
+                for i in 0..count {
+                    if workload == "w2" {
+                        let body = Bytes::from(workload::batch(1, 1, (i % 16) as u64 + 1));
+                        assert_eq!(client.post(body).await, StatusCode::NO_CONTENT);
+                    } else {
+                        let path = format!("/statistics/{}", workload::sensor_id((c + i) % 100));
+                        assert_eq!(client.get(&path).await.0, StatusCode::OK);
+                    }
+                }
+                client
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for h in handles {
+        clients.push(h.await.expect("worker"));
+    }
+    clients
+}
+
+fn control(pid: &str, flag: &str, value: &str) {
+    let status = Command::new("callgrind_control")
+        .args([flag, value, pid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("callgrind_control");
+    assert!(status.success(), "callgrind_control {flag} {value} failed");
+}
+
+async fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(mut c) = Client::connect(addr).await
+            && c.get("/healthz").await.0 == StatusCode::NO_CONTENT
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
