@@ -2,13 +2,18 @@
 //! that do not depend on how busy the machine is.
 //!
 //! Starts the server binary (sensor-stats, or the naive server of `examples/naive.rs`)
-//! under `valgrind --tool=callgrind` with collection off, warms it up with `--warmup`
-//! requests (W3: after loading 100 sensors), switches collection on
+//! under `valgrind --tool=callgrind` with instrumentation off, warms it up with
+//! `--warmup` requests (W3: after loading 100 sensors), switches instrumentation on
 //! (`callgrind_control -i on`), sends `--requests` requests over `--connections`
-//! keep-alive connections, switches collection off, stops the server with SIGTERM and
-//! prints the instructions the server executed per request (every thread: runtime,
-//! hyper, middleware, handler, kernel-call wrappers). With `--keep DIR` the callgrind
-//! file stays for `callgrind_annotate`.
+//! keep-alive connections, switches it off, stops the server with SIGTERM and prints the
+//! user-space instructions the server executed per request (every thread: runtime,
+//! hyper, middleware, handler). With `--keep DIR` the callgrind file stays for
+//! `callgrind_annotate`.
+//!
+//! `--tool strace` runs the server as it is and attaches `strace -c -f` for the counted
+//! requests instead (system calls per request: the kernel side, which callgrind does not
+//! see); `--tool none` just reports the server's CPU time per request (as noisy as the
+//! machine).
 //!
 //!     cargo build --release --bin sensor-stats --example naive --example http_profile
 //!     target/release/examples/http_profile --server target/release/sensor-stats --workload w2
@@ -58,6 +63,9 @@ struct Args {
     /// Environment for the server, `NAME=value` (e.g. `RUST_LOG=warn`).
     #[arg(long = "server-env")]
     server_env: Vec<String>,
+    /// `callgrind` (instructions), `strace` (system calls) or `none` (CPU time).
+    #[arg(long, default_value = "callgrind")]
+    tool: String,
 }
 
 fn main() {
@@ -71,16 +79,23 @@ fn main() {
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
-            d.join(format!("{name}-{}.callgrind", args.workload))
+            d.join(format!("{name}-{}.{}", args.workload, args.tool))
         }
-        None => dir.path().join("callgrind.out"),
+        None => dir.path().join("profile.out"),
     };
     let port = free_port();
-    let mut cmd = Command::new("valgrind");
-    cmd.args(["--tool=callgrind", "--instr-atstart=no", "--dump-instr=no"])
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(&args.server)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+    let mut cmd = match args.tool.as_str() {
+        "callgrind" => {
+            let mut c = Command::new("valgrind");
+            c.args(["--tool=callgrind", "--instr-atstart=no", "--dump-instr=no"])
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(&args.server);
+            c
+        }
+        "strace" | "none" => Command::new(&args.server),
+        other => panic!("unknown tool {other}"),
+    };
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(&args.server_args)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
@@ -89,7 +104,7 @@ fn main() {
         let (k, v) = kv.split_once('=').expect("--server-env NAME=value");
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("valgrind");
+    let mut child = cmd.spawn().expect("server");
     let pid = child.id().to_string();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
 
@@ -98,6 +113,7 @@ fn main() {
         .build()
         .unwrap();
     let local = tokio::task::LocalSet::new();
+    let mut cpu = 0.0;
     local.block_on(&rt, async {
         wait_ready(addr).await;
         let mut clients = Vec::new();
@@ -109,33 +125,94 @@ fn main() {
             assert_eq!(clients[0].post(load).await, StatusCode::NO_CONTENT);
         }
         clients = drive(clients, &args.workload, args.warmup).await;
-        control(&pid, "-i", "on");
+        let mut strace = None;
+        match args.tool.as_str() {
+            "callgrind" => control(&pid, "-i", "on"),
+            "strace" => {
+                let child = Command::new("strace")
+                    .args(["-c", "-f", "-p", &pid, "-o"])
+                    .arg(&out)
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("strace");
+                // strace attaches to every thread before the first counted request.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                strace = Some(child);
+            }
+            _ => {}
+        }
+        let cpu_before = cpu_seconds(&pid);
         let started = Instant::now();
         clients = drive(clients, &args.workload, args.requests).await;
         let elapsed = started.elapsed();
-        control(&pid, "-i", "off");
+        cpu = cpu_seconds(&pid) - cpu_before;
+        if args.tool == "callgrind" {
+            control(&pid, "-i", "off");
+        }
+        if let Some(mut strace) = strace {
+            let _ = Command::new("kill")
+                .args(["-INT", &strace.id().to_string()])
+                .status();
+            let _ = strace.wait();
+        }
         drop(clients);
-        eprintln!("{} requests in {elapsed:?} under callgrind", args.requests);
+        eprintln!("{} requests in {elapsed:?}", args.requests);
     });
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let status = child.wait().unwrap();
     assert!(status.success(), "server exited with {status}");
 
-    let text = std::fs::read_to_string(&out).expect("callgrind output");
-    let total: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("totals: "))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("callgrind summary line");
-    println!(
-        "{} {}: {} instructions for {} requests = {:.0} per request",
-        args.server,
-        args.workload,
-        total,
-        args.requests,
-        total as f64 / args.requests as f64
-    );
+    let per_request = |total: f64| total / args.requests as f64;
+    match args.tool.as_str() {
+        "callgrind" => {
+            let text = std::fs::read_to_string(&out).expect("callgrind output");
+            let total: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("totals: "))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .expect("callgrind totals line");
+            println!(
+                "{} {}: {total} instructions for {} requests = {:.0} per request",
+                args.server,
+                args.workload,
+                args.requests,
+                per_request(total as f64)
+            );
+        }
+        "strace" => {
+            let text = std::fs::read_to_string(&out).expect("strace output");
+            println!("{} {}: system calls per request", args.server, args.workload);
+            for line in text.lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // % time, seconds, usecs/call, calls, [errors], syscall
+                if fields.len() >= 5 && fields[0].parse::<f64>().is_ok() {
+                    let calls: f64 = fields[3].parse().unwrap_or(0.0);
+                    let name = fields[fields.len() - 1];
+                    println!("  {name:<16} {:.3}", per_request(calls));
+                } else if fields.first() == Some(&"100.00") || line.contains("total") {
+                    let calls: f64 = fields.get(3).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                    println!("  {:<16} {:.3}", "total", per_request(calls));
+                }
+            }
+        }
+        _ => println!(
+            "{} {}: {:.1} us of server CPU per request",
+            args.server,
+            args.workload,
+            per_request(cpu) * 1e6
+        ),
+    }
+}
+
+/// User + system CPU seconds of process `pid` so far.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
 }
 
 /// Sends `n` requests spread over the connections, all connections busy at once.

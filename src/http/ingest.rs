@@ -82,6 +82,10 @@ pub(crate) fn respond(outcome: Result<Ingested, ApiError>, headers: HeaderMap) -
 /// Takes a batch within the request timeout counted from `started`. Records
 /// `measurements` and `sensors` on the request span when there is one.
 ///
+/// The timer is armed only when the request does not finish on its first poll: a small
+/// body that came with the headers, applied to the in-memory store, never touches the
+/// timer wheel.
+///
 /// # Errors
 /// [`ApiError`] for a rejected batch (nothing applied), a failed store, or the timeout.
 pub async fn ingest<B>(
@@ -94,20 +98,18 @@ where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    within(started + state.request_timeout, untimed(state, headers, body))
+    // Pinned here rather than in a helper taking the future as an argument: an `async fn`
+    // keeps its arguments for its whole life, so a helper would hold the future twice.
+    let future = untimed(state, headers, body);
+    let mut future = pin!(future);
+    if let Poll::Ready(outcome) = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+        return outcome;
+    }
+    // Boxed: the timer is for the few requests that wait, it need not sit in every one.
+    let deadline = started + state.request_timeout;
+    Box::pin(tokio::time::timeout_at(deadline.into(), future))
         .await
         .unwrap_or(Err(ApiError::Timeout))
-}
-
-/// `future`'s output, or `None` after `deadline`. The timer is armed only when `future`
-/// does not finish on its first poll: a small body that came with the headers, applied to
-/// the in-memory store, never touches the timer wheel.
-async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
-        return Some(output);
-    }
-    tokio::time::timeout_at(deadline.into(), future).await.ok()
 }
 
 async fn untimed<B>(state: &AppState, headers: &HeaderMap, body: B) -> Result<Ingested, ApiError>
@@ -116,11 +118,24 @@ where
     B::Error: Into<BoxError>,
 {
     check_content_type(headers)?;
-    let Some(raw_key) = headers.get(&IDEMPOTENCY_KEY) else {
-        let mut body = read_body(body, state.body_limit).await?;
-        apply(state, &mut body, None).await?;
-        return Ok(Ingested::Applied);
-    };
+    match headers.get(&IDEMPOTENCY_KEY) {
+        None => {
+            let mut body = read_body(body, state.body_limit).await?;
+            apply(state, &mut body, None).await?;
+            Ok(Ingested::Applied)
+        }
+        // Boxed: its claim and release keep the common request's future small.
+        Some(raw_key) => Box::pin(with_key(state, raw_key, body)).await,
+    }
+}
+
+/// A batch with an `Idempotency-Key`: claimed, then applied with its record, or
+/// answered from the record of an earlier success.
+async fn with_key<B>(state: &AppState, raw_key: &HeaderValue, body: B) -> Result<Ingested, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let key = IdempotencyKey::parse(raw_key.as_bytes())?.as_str();
     match state.store.claim(key).await? {
         Claim::InProgress => Err(ApiError::IdempotencyInProgress),
@@ -220,11 +235,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
-    let text = String::from_utf8_lossy(value.as_bytes());
-    let essence = text.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/json") {
+    let bytes = value.as_bytes();
+    let essence = bytes
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if essence.eq_ignore_ascii_case(b"application/json") {
         Ok(())
     } else {
+        let text = String::from_utf8_lossy(bytes);
         Err(ApiError::UnsupportedMediaType(text.chars().take(100).collect()))
     }
 }

@@ -12,6 +12,7 @@ use tracing::Span;
 
 use crate::{
     http::{error::Rejection, service::SPAN_TARGET},
+    metrics::{MethodLabel, RouteLabel},
     state::AppState,
 };
 
@@ -30,8 +31,8 @@ pub async fn render_metrics(State(state): State<AppState>) -> axum::response::Re
 /// counter and a sampled log line that carries the request's fields itself.
 pub fn record<B>(
     state: &AppState,
-    route: &'static str,
-    method: &'static str,
+    route: RouteLabel,
+    method: MethodLabel,
     elapsed: Duration,
     response: &Response<B>,
     request_id: &HeaderValue,
@@ -56,8 +57,8 @@ pub fn record<B>(
                 reason = rejection.reason,
                 error = %rejection.message,
                 suppressed_since_last = suppressed,
-                method,
-                route,
+                method = method.as_str(),
+                route = route.as_str(),
                 request_id = request_id.to_str().unwrap_or(""),
                 "request rejected"
             );
@@ -65,34 +66,34 @@ pub fn record<B>(
     }
 }
 
-/// The route template `path` matches in [`super::router`], as a `'static` label value;
+/// The route template `path` matches in [`super::router`], as a label value;
 /// `unmatched` when it matches none (the router answers 404). Worked out from the path
 /// before routing, so the edge does not wait for axum's `MatchedPath`; a test checks it
 /// against axum's matching.
-pub fn route_label(path: &str) -> &'static str {
+pub fn route_label(path: &str) -> RouteLabel {
     match path {
-        "/data" => "/data",
-        "/healthz" => "/healthz",
-        "/livez" => "/livez",
-        "/metrics" => "/metrics",
+        "/data" => RouteLabel::Data,
+        "/healthz" => RouteLabel::Healthz,
+        "/livez" => RouteLabel::Livez,
+        "/metrics" => RouteLabel::Metrics,
         _ => match path.strip_prefix("/statistics/") {
-            Some(sensor) if !sensor.is_empty() && !sensor.contains('/') => "/statistics/{sensor}",
-            _ => "unmatched",
+            Some(sensor) if !sensor.is_empty() && !sensor.contains('/') => RouteLabel::Statistics,
+            _ => RouteLabel::Unmatched,
         },
     }
 }
 
-/// The method as a `'static` label value; `other` for methods we do not serve.
-pub fn method_label(method: &Method) -> &'static str {
+/// The method as a label value; `other` for methods we do not serve.
+pub fn method_label(method: &Method) -> MethodLabel {
     match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        Method::GET => MethodLabel::Get,
+        Method::POST => MethodLabel::Post,
+        Method::DELETE => MethodLabel::Delete,
+        Method::HEAD => MethodLabel::Head,
+        Method::PUT => MethodLabel::Put,
+        Method::PATCH => MethodLabel::Patch,
+        Method::OPTIONS => MethodLabel::Options,
+        _ => MethodLabel::Other,
     }
 }
 
@@ -148,7 +149,7 @@ mod tests {
                     .unwrap();
                 let response = router.clone().oneshot(request).await.unwrap();
                 let matched = response.headers()["x-matched"].to_str().unwrap().to_owned();
-                assert_eq!(route_label(path), matched, "{method} {path}");
+                assert_eq!(route_label(path).as_str(), matched, "{method} {path}");
             }
         }
     }
