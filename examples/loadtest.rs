@@ -9,6 +9,11 @@
 //! `redis-cluster`) run beside the load generator, on its core, and the row adds Redis
 //! CPU-seconds per million measurements and requests per group-commit flush.
 //!
+//! A store name ending in `+keys` (`memory+keys`, `redis+keys`, ...) runs that store with
+//! API keys on: the server loads a keys file of ten keys and every request of the load
+//! carries the bearer token of one of them (hashed and looked up per request), so the
+//! cost of keys is the ratio of two rows of one run.
+//!
 //! `--stores durable` runs the server with `--data-dir` (a fresh temporary directory on
 //! the machine's disk, under `--data-root`) and `--fsync always`, `durable-interval` with
 //! `--fsync interval`; their rows add requests per group commit and per fsync, and the
@@ -65,7 +70,8 @@ struct Args {
     workloads: Vec<String>,
     /// Stores to run each workload against, comma-separated: memory, redis,
     /// redis-cluster (three masters, no replicas), durable (`--data-dir`, `--fsync
-    /// always`), durable-interval (`--fsync interval`).
+    /// always`), durable-interval (`--fsync interval`); any of them with `+keys` to run it
+    /// with API keys on.
     #[arg(long, default_value = "memory", value_delimiter = ',')]
     stores: Vec<String>,
     /// Connections of W1 and W2 instead of their usual 4 and 32 (how group commit scales
@@ -215,6 +221,30 @@ struct Server {
     addr: SocketAddr,
     redis: Option<RedisProc>,
     data: Option<tempfile::TempDir>,
+    _keys: Option<tempfile::NamedTempFile>,
+}
+
+/// `authorization` header value of every request, set when the store runs with `+keys`.
+static BEARER: std::sync::Mutex<Option<hyper::header::HeaderValue>> = std::sync::Mutex::new(None);
+
+fn bearer() -> Option<hyper::header::HeaderValue> {
+    BEARER.lock().unwrap().clone()
+}
+
+/// Writes a keys file of ten keys with every scope and returns it with one key's token.
+fn keys_file() -> (tempfile::NamedTempFile, String) {
+    let scopes: Vec<String> = ["ingest", "read", "delete", "metrics"].map(String::from).to_vec();
+    let mut text = String::new();
+    let mut token = String::new();
+    for i in 0..10 {
+        let key = sensor_stats::access::generate(&format!("loadtest-{i}"), &scopes).unwrap();
+        text.push_str(&key.line);
+        text.push('\n');
+        token = key.token;
+    }
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    (file, token)
 }
 
 impl Server {
@@ -224,7 +254,11 @@ impl Server {
 
     async fn start_with(args: &Args, extra: &[&str]) -> Self {
         let port = free_port();
-        let redis = match args.store.as_str() {
+        let (store, keyed) = match args.store.strip_suffix("+keys") {
+            Some(store) => (store, true),
+            None => (args.store.as_str(), false),
+        };
+        let redis = match store {
             "redis" => Some(RedisProc::start(1)),
             "redis-cluster" => Some(RedisProc::start(3)),
             _ => None,
@@ -250,18 +284,26 @@ impl Server {
         if let Some(r) = &redis {
             cmd.args(r.server_args());
         }
-        let data = args.store.starts_with("durable").then(|| match &args.data_root {
+        let data = store.starts_with("durable").then(|| match &args.data_root {
             Some(root) => tempfile::tempdir_in(root).unwrap(),
             None => tempfile::tempdir().unwrap(),
         });
         if let Some(dir) = &data {
-            let fsync = if args.store == "durable-interval" {
+            let fsync = if store == "durable-interval" {
                 "interval"
             } else {
                 "always"
             };
             cmd.arg("--data-dir").arg(dir.path()).args(["--fsync", fsync]);
         }
+        let keys = keyed.then(|| {
+            let (file, token) = keys_file();
+            cmd.arg("--api-keys-file").arg(file.path());
+            (file, token)
+        });
+        *BEARER.lock().unwrap() = keys
+            .as_ref()
+            .map(|(_, token)| hyper::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
         cmd.args(extra);
         let child = cmd
             .spawn()
@@ -271,6 +313,7 @@ impl Server {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             redis,
             data,
+            _keys: keys.map(|(file, _)| file),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -337,7 +380,10 @@ impl Client {
         Ok(Self { sender })
     }
 
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
+    async fn send(&mut self, mut req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
+        if let Some(auth) = bearer() {
+            req.headers_mut().insert(hyper::header::AUTHORIZATION, auth);
+        }
         self.sender.ready().await.expect("connection usable");
         let resp = self.sender.send_request(req).await.expect("response");
         let status = resp.status();
