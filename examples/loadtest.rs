@@ -14,6 +14,12 @@
 //! carries the bearer token of one of them (hashed and looked up per request), so the
 //! cost of keys is the ratio of two rows of one run.
 //!
+//! The store name `naive` runs the naive axum server of `examples/naive.rs` (serde_json,
+//! one `Mutex<HashMap>`, no middleware) instead of sensor-stats, on the same core with
+//! the same load: `--stores memory,naive` measures both in one run and ends with a table
+//! of sensor-stats' work per server CPU-second and p99 against the naive server's, per
+//! workload. sensor-stats runs at `--log-level` (default `info`, its production default).
+//!
 //! `--stores durable` runs the server with `--data-dir` (a fresh temporary directory on
 //! the machine's disk, under `--data-root`) and `--fsync always`, `durable-interval` with
 //! `--fsync interval`; their rows add requests per group commit and per fsync, and the
@@ -56,6 +62,12 @@ struct Args {
     /// The server binary to start.
     #[arg(long, default_value = "target/release/sensor-stats")]
     server: String,
+    /// The naive server binary (`examples/naive.rs`), run for the store name `naive`.
+    #[arg(long, default_value = "target/release/examples/naive")]
+    naive: String,
+    /// sensor-stats' `--log-level` (its default, `info`, is what production runs).
+    #[arg(long, default_value = "info")]
+    log_level: String,
     /// Pin the server to this CPU with taskset (omit to leave it unpinned).
     #[arg(long)]
     server_cpu: Option<usize>,
@@ -71,7 +83,7 @@ struct Args {
     /// Stores to run each workload against, comma-separated: memory, redis,
     /// redis-cluster (three masters, no replicas), durable (`--data-dir`, `--fsync
     /// always`), durable-interval (`--fsync interval`); any of them with `+keys` to run it
-    /// with API keys on.
+    /// with API keys on; `naive` runs the naive server instead of sensor-stats.
     #[arg(long, default_value = "memory", value_delimiter = ',')]
     stores: Vec<String>,
     /// Connections of W1 and W2 instead of their usual 4 and 32 (how group commit scales
@@ -263,24 +275,22 @@ impl Server {
             "redis-cluster" => Some(RedisProc::start(3)),
             _ => None,
         };
+        let naive = store == "naive";
+        let binary = if naive { &args.naive } else { &args.server };
         let mut cmd = match args.server_cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string(), &args.server]);
+                c.args(["-c", &cpu.to_string(), binary]);
                 c
             }
-            None => Command::new(&args.server),
+            None => Command::new(binary),
         };
-        cmd.args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--log-level",
-            "warn",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null());
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null());
+        if !naive {
+            cmd.args(["--log-level", &args.log_level]);
+        }
         if let Some(r) = &redis {
             cmd.args(r.server_args());
         }
@@ -307,7 +317,7 @@ impl Server {
         cmd.args(extra);
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.server));
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         let server = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -935,6 +945,10 @@ fn main() {
         let mut rows = Vec::new();
         for w in args.workloads.clone() {
             for store in args.stores.clone() {
+                // The naive server has no /metrics and no data dir.
+                if store == "naive" && matches!(w.as_str(), "mem" | "soak" | "snap") {
+                    continue;
+                }
                 args.store = store;
                 let args = &args;
                 eprintln!("running {w} ({}) ...", args.store);
@@ -966,10 +980,10 @@ fn main() {
         humantime::format_duration(args.warmup)
     );
     println!(
-        "| workload | store | conns | req/s | measurements/s | p50 ms | p99 ms | server CPU s | Redis CPU s per M meas | req/flush | peak RSS MiB | GET check | notes |"
+        "| workload | store | conns | req/s | measurements/s | per server CPU-s | p50 ms | p99 ms | server CPU s | Redis CPU s per M meas | req/flush | peak RSS MiB | GET check | notes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
         let measured = r.measurements_per_s * args.duration.as_secs_f64();
         let redis_per_m = if r.redis_cpu_s > 0.0 && measured > 0.0 {
             format!("{:.2}", r.redis_cpu_s / measured * 1e6)
@@ -982,12 +996,13 @@ fn main() {
             "-".into()
         };
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {} |",
             r.name,
             r.store,
             r.connections,
             r.requests_per_s,
             r.measurements_per_s,
+            per_cpu_second(r, args.duration),
             r.p50_ms,
             r.p99_ms,
             r.cpu_s,
@@ -996,6 +1011,54 @@ fn main() {
             r.peak_rss_mib,
             r.verified,
             r.extra
+        );
+    }
+    print_ratios(&rows, args.duration);
+}
+
+/// Work per server CPU-second: measurements for POST workloads of batches (W1, W4),
+/// requests otherwise.
+fn per_cpu_second(r: &Row, duration: Duration) -> f64 {
+    let work = if r.name.starts_with("W1") || r.name.starts_with("W4") {
+        r.measurements_per_s
+    } else {
+        r.requests_per_s
+    };
+    if r.cpu_s > 0.0 {
+        work * duration.as_secs_f64() / r.cpu_s
+    } else {
+        0.0
+    }
+}
+
+/// Each store's row against the naive server's row of the same workload in this run:
+/// work per server CPU-second, work per second, and p99.
+fn print_ratios(rows: &[Row], duration: Duration) {
+    let naive: Vec<&Row> = rows.iter().filter(|r| r.store == "naive").collect();
+    if naive.is_empty() {
+        return;
+    }
+    println!("\n| workload | store | per server CPU-s vs naive | per second vs naive | p99 ms (naive) |");
+    println!("|---|---|---|---|---|");
+    for r in rows.iter().filter(|r| r.store != "naive") {
+        let Some(n) = naive.iter().find(|n| n.name == r.name) else {
+            continue;
+        };
+        let work = |r: &Row| {
+            if r.name.starts_with("W1") || r.name.starts_with("W4") {
+                r.measurements_per_s
+            } else {
+                r.requests_per_s
+            }
+        };
+        println!(
+            "| {} | {} | {:.2}x | {:.2}x | {:.2} ({:.2}) |",
+            r.name,
+            r.store,
+            per_cpu_second(r, duration) / per_cpu_second(n, duration).max(f64::MIN_POSITIVE),
+            work(r) / work(n).max(f64::MIN_POSITIVE),
+            r.p99_ms,
+            n.p99_ms
         );
     }
 }

@@ -5,7 +5,7 @@
 # Traffic goes only to 127.0.0.1; every workload stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bin sensor-stats --example loadtest
+cargo build --release --locked --bin sensor-stats --example loadtest --example naive
 if [ "$(nproc)" -ge 2 ]; then
   exec taskset -c 1 target/release/examples/loadtest --server-cpu 0 "$@"
 else

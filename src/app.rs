@@ -11,7 +11,15 @@
 //! is not a TLS handshake gets a plain-HTTP 400 saying to use https, and the handshake
 //! must finish within the same timeout; then hyper serves HTTP/1.1 or HTTP/2 (ALPN, or
 //! the HTTP/2 preface without TLS) until the client closes, the connection has seen no
-//! byte in either direction for `--idle-timeout`, or shutdown.
+//! byte in either direction for `--idle-timeout`, an HTTP/1 request's headers have taken
+//! longer than `--header-read-timeout` from their first byte, or shutdown.
+//!
+//! Both timeouts are kept by one watchdog timer per connection that looks at the
+//! connection's [`Activity`] (its last byte, whether a request's headers are arriving):
+//! hyper's own header-read timer would be re-armed for every request. The watchdog wakes
+//! at least every quarter of the header-read timeout, so a client that sends a request's
+//! headers too slowly is closed between 1 and 1.25 times the timeout after their first
+//! byte (hyper closed it at exactly 1 time).
 //!
 //! Start-up: the listener serves at once, `/healthz` answers 503 until the store has
 //! started (a durable store reads its data dir back first); if that fails, `run_until`
@@ -26,24 +34,28 @@
 //!    snapshot and closes its log) and `run_until` returns.
 
 use std::{
+    convert::Infallible,
     future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use axum::Router;
+use axum::{
+    http::{Request, Version},
+    response::Response,
+};
+use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
@@ -55,7 +67,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     access::Keyring,
     config::Config,
-    http,
+    http::{
+        self,
+        service::{HttpService, ResponseFuture},
+    },
     limits::{Limit, OwnedPermit},
     metrics::{Metrics, TlsFailure, UPKEEP_INTERVAL},
     reload::{self, Reload, Reloader},
@@ -69,7 +84,7 @@ use crate::{
 pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
-    router: Router,
+    service: HttpService,
     state: AppState,
     config: Config,
     tls: Option<Arc<Tls>>,
@@ -127,10 +142,11 @@ impl App {
             _ => None,
         };
         let router = http::router(state.clone(), config.request_timeout);
+        let service = HttpService::new(state.clone(), router, config.request_timeout);
         Ok(Self {
             listener,
             local_addr,
-            router,
+            service,
             state,
             config,
             tls,
@@ -184,7 +200,7 @@ impl App {
 
         let server = Server::new(
             &self.config,
-            self.router.clone(),
+            self.service.clone(),
             self.tls.as_ref().map(|t| t.acceptor()),
             Arc::clone(&self.state.metrics),
         );
@@ -271,7 +287,7 @@ async fn upkeep(metrics: Arc<Metrics>, stop: CancellationToken) {
 
 /// The connection side: accepts, serves each connection on its own task, drains.
 struct Server {
-    router: Router,
+    service: HttpService,
     builder: auto::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -288,23 +304,22 @@ struct Server {
 /// What one connection's task needs of the server.
 struct Connection {
     builder: auto::Builder<TokioExecutor>,
-    service: TowerToHyperService<Router>,
+    service: HttpService,
     idle_timeout: Duration,
+    header_read_timeout: Duration,
     metrics: Arc<Metrics>,
     drain: CancellationToken,
     abort: CancellationToken,
 }
 
 impl Server {
-    fn new(config: &Config, router: Router, tls: Option<TlsAcceptor>, metrics: Arc<Metrics>) -> Self {
+    fn new(config: &Config, service: HttpService, tls: Option<TlsAcceptor>, metrics: Arc<Metrics>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout);
+        // The header-read timeout is the connection watchdog's (see the module docs).
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
         builder.http2().timer(TokioTimer::new());
         Self {
-            router,
+            service,
             builder,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
@@ -349,8 +364,9 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: self.builder.clone(),
-            service: TowerToHyperService::new(self.router.clone()),
+            service: self.service.clone(),
             idle_timeout: self.idle_timeout,
+            header_read_timeout: self.header_read_timeout,
             metrics: Arc::clone(&self.metrics),
             drain: self.drain.clone(),
             abort: self.abort.clone(),
@@ -420,15 +436,21 @@ impl Server {
 
 impl Connection {
     /// Serves HTTP on `io` until the client closes, the connection idles past the idle
-    /// timeout, or shutdown; `activity` is the time of `io`'s last byte.
-    async fn serve<I>(self, io: I, activity: &Activity)
+    /// timeout, a request's headers take longer than the header-read timeout, or
+    /// shutdown; `activity` is what `io` and the service record of the connection.
+    async fn serve<I>(self, io: I, activity: &Arc<Activity>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let connection = self.builder.serve_connection(TokioIo::new(io), self.service);
+        let service = Watched {
+            service: self.service.clone(),
+            activity: Arc::clone(activity),
+        };
+        let connection = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let idle = tokio::time::sleep(self.idle_timeout);
-        tokio::pin!(idle);
+        let check_every = (self.header_read_timeout / 4).max(Duration::from_millis(1));
+        let watchdog = tokio::time::sleep(self.idle_timeout.min(check_every));
+        tokio::pin!(watchdog);
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -438,13 +460,19 @@ impl Connection {
                     return;
                 }
                 () = self.drain.cancelled() => break,
-                () = idle.as_mut() => {
+                () = watchdog.as_mut() => {
                     let quiet = activity.quiet_for();
                     if quiet >= self.idle_timeout {
                         self.metrics.connection_idle_closed();
                         break;
                     }
-                    idle.as_mut().reset(tokio::time::Instant::now() + (self.idle_timeout - quiet));
+                    if activity.headers_arriving_for().is_some_and(|t| t >= self.header_read_timeout) {
+                        // As hyper does on its header-read timeout: closed, no answer.
+                        tracing::debug!(timeout = ?self.header_read_timeout, "request headers took too long; closing");
+                        return;
+                    }
+                    let next = (self.idle_timeout - quiet).min(check_every);
+                    watchdog.as_mut().reset(tokio::time::Instant::now() + next);
                 }
             }
         }
@@ -484,10 +512,20 @@ async fn refuse_plain_http<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
     let _ = tokio::time::timeout(Duration::from_secs(1), polite).await;
 }
 
-/// When a connection last moved a byte, in milliseconds since it was accepted.
+/// What a connection is doing, for its watchdog: when it last moved a byte, how many of
+/// its requests are being served, and since when the headers of the next request have
+/// been arriving. Times in milliseconds since the connection was accepted.
 struct Activity {
     origin: Instant,
     last_ms: AtomicU64,
+    /// Requests whose headers are in and whose response is not yet produced.
+    busy: AtomicU32,
+    /// 1 + the time of the first byte read while no request was being served, until the
+    /// next request's headers are in; 0 when no request is arriving.
+    headers_since: AtomicU64,
+    /// Set at the first HTTP/2 request: HTTP/2 has no header-read timeout (hyper never
+    /// had one there), its control frames arrive between requests.
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -495,17 +533,100 @@ impl Activity {
         Self {
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
+            busy: AtomicU32::new(0),
+            headers_since: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
         }
     }
 
-    fn touch(&self) {
-        self.last_ms
-            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    fn wrote(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn read(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.busy.load(Ordering::Relaxed) == 0
+            && self.headers_since.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
+        {
+            self.headers_since.store(now + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A request's headers are in; it is served until the returned guard is dropped.
+    fn request_started(self: &Arc<Self>, version: Version) -> Serving {
+        if version == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.headers_since.store(0, Ordering::Relaxed);
+        Serving(Arc::clone(self))
     }
 
     fn quiet_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.origin.elapsed().saturating_sub(last)
+    }
+
+    /// How long the headers of the next request have been arriving (`None` when none is).
+    fn headers_arriving_for(&self) -> Option<Duration> {
+        match self.headers_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(
+                self.origin
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since - 1)),
+            ),
+        }
+    }
+}
+
+/// One request of a connection being served; see [`Activity::request_started`].
+struct Serving(Arc<Activity>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The service of one connection: [`HttpService`], telling the connection's
+/// [`Activity`] when each request starts and ends.
+struct Watched {
+    service: HttpService,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Watched {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = WatchedFuture;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let serving = self.activity.request_started(request.version());
+        WatchedFuture {
+            inner: self.service.handle(request),
+            _serving: serving,
+        }
+    }
+}
+
+/// The future of [`Watched`]: the request's, holding it as served until it ends.
+struct WatchedFuture {
+    inner: ResponseFuture,
+    _serving: Serving,
+}
+
+impl Future for WatchedFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
     }
 }
 
@@ -525,7 +646,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read();
         }
         polled
     }
@@ -535,7 +656,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.wrote();
         }
         polled
     }
@@ -547,7 +668,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.wrote();
         }
         polled
     }

@@ -136,6 +136,83 @@ impl Timestamp {
     }
 }
 
+/// The text of a [`Timestamp`] (what `Display` writes), on the stack: see
+/// [`Timestamp::text`].
+#[derive(Clone, Copy)]
+pub struct TimestampText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl TimestampText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("the text of a timestamp is ASCII")
+    }
+}
+
+impl fmt::Write for TimestampText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl Timestamp {
+    /// What `Display` writes, with the digits put in place by hand rather than through
+    /// the formatting machinery (the GET answer writes one per request; a test checks
+    /// both agree).
+    pub fn text(&self) -> TimestampText {
+        let mut out = TimestampText { buf: [0; 48], len: 0 };
+        let t = self.as_datetime();
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            let _ = write!(out, "{self}");
+            return out;
+        }
+        fn put(out: &mut TimestampText, mut value: u32, digits: usize) {
+            for i in (0..digits).rev() {
+                out.buf[out.len + i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+            out.len += digits;
+        }
+        put(&mut out, year as u32, 4);
+        out.buf[out.len] = b'-';
+        out.len += 1;
+        // Each separator follows a fixed-width number.
+        for (value, separator) in [
+            (t.month(), b'-'),
+            (t.day(), b'T'),
+            (t.hour(), b':'),
+            (t.minute(), b':'),
+        ] {
+            put(&mut out, value, 2);
+            out.buf[out.len] = separator;
+            out.len += 1;
+        }
+        put(&mut out, t.second(), 2);
+        let nanos = t.nanosecond();
+        if nanos != 0 {
+            out.buf[out.len] = b'.';
+            out.len += 1;
+            if nanos.is_multiple_of(1_000) {
+                put(&mut out, nanos / 1_000, 6);
+            } else {
+                put(&mut out, nanos, 9);
+            }
+        }
+        out.buf[out.len..out.len + 6].copy_from_slice(b"+00:00");
+        out.len += 6;
+        out
+    }
+}
+
 impl fmt::Display for Timestamp {
     /// `YYYY-MM-DDTHH:MM:SS[.ffffff|.fffffffff]+00:00`: no fraction when it is zero, six
     /// digits for whole microseconds, nine otherwise.
@@ -373,7 +450,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn text_is_what_display_writes_at_the_edges_of_the_years() {
+        for text in [
+            "0000-01-01T00:30:00+01:00",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999-01:00",
+            "2021-11-09T21:38:11.5Z",
+            "2021-11-09T21:38:11.000001Z",
+        ] {
+            let at = Timestamp::parse(text).unwrap();
+            assert_eq!(at.text().as_str(), at.to_string(), "{text}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn text_is_what_display_writes(secs in -62_135_596_800i64..253_402_300_799, nanos in 0u32..1_000_000_000, micros in any::<bool>()) {
+            let nanos = if micros { nanos / 1000 * 1000 } else { nanos };
+            let at = Timestamp::from_datetime(DateTime::from_timestamp(secs, nanos).unwrap());
+            let text = at.text();
+            prop_assert_eq!(text.as_str(), at.to_string());
+        }
+
         #[test]
         fn formatting_then_parsing_gives_the_same_instant(
             secs in -62_135_596_800i64..253_402_300_799, nanos in 0u32..1_000_000_000

@@ -15,7 +15,10 @@
 
 use std::sync::Arc;
 
-use axum::{extract::Request, http::Method};
+use axum::{
+    extract::Request,
+    http::{HeaderMap, Method},
+};
 
 use crate::{
     access::{ApiKey, Keyring, Scope},
@@ -78,6 +81,24 @@ pub fn admit<'s>(
     route: &'static str,
     request: &mut Request,
 ) -> Result<Option<Permit<'s>>, ApiError> {
+    let (permit, caller) = admit_parts(state, route, request.method(), request.headers())?;
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
+    Ok(permit)
+}
+
+/// [`admit`] on a request's method and headers: the permit, and the [`Caller`] when API
+/// keys are on and the route needs one.
+///
+/// # Errors
+/// The [`ApiError`] to answer with.
+pub fn admit_parts<'s>(
+    state: &'s AppState,
+    route: &'static str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(Option<Permit<'s>>, Option<Caller>), ApiError> {
     let permit = if never_shed(route) {
         None
     } else if let Some(permit) = state.in_flight_limit.try_acquire() {
@@ -86,32 +107,32 @@ pub fn admit<'s>(
         state.metrics.shed();
         return Err(ApiError::Overloaded(state.in_flight_limit.max()));
     };
-    if let Some(keys) = &state.keys {
-        let need = requirement(route, request.method(), state.metrics_public);
-        if need != Requirement::Open {
-            let caller = authenticate(keys, request).inspect_err(|e| {
-                if let ApiError::Unauthorized(reason) = e {
-                    state.metrics.auth_failure(*reason);
-                }
-            })?;
-            if let Requirement::Scope(scope) = need
-                && !caller.scopes.contains(scope)
-            {
-                state.metrics.auth_failure(AuthFailure::Forbidden);
-                return Err(ApiError::Forbidden {
-                    key: caller.name.clone(),
-                    scope,
-                });
-            }
-            request.extensions_mut().insert(Caller(caller));
-        }
+    let Some(keys) = &state.keys else {
+        return Ok((permit, None));
+    };
+    let need = requirement(route, method, state.metrics_public);
+    if need == Requirement::Open {
+        return Ok((permit, None));
     }
-    Ok(permit)
+    let caller = authenticate(keys, headers).inspect_err(|e| {
+        if let ApiError::Unauthorized(reason) = e {
+            state.metrics.auth_failure(*reason);
+        }
+    })?;
+    if let Requirement::Scope(scope) = need
+        && !caller.scopes.contains(scope)
+    {
+        state.metrics.auth_failure(AuthFailure::Forbidden);
+        return Err(ApiError::Forbidden {
+            key: caller.name.clone(),
+            scope,
+        });
+    }
+    Ok((permit, Some(Caller(caller))))
 }
 
-fn authenticate(keys: &Keyring, request: &Request) -> Result<Arc<ApiKey>, ApiError> {
-    let header = request
-        .headers()
+fn authenticate(keys: &Keyring, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
+    let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or(ApiError::Unauthorized(AuthFailure::Missing))?;
     let token = bearer_token(header.as_bytes()).ok_or(ApiError::Unauthorized(AuthFailure::Malformed))?;

@@ -6,11 +6,12 @@ use std::{borrow::Cow, error::Error as StdError};
 
 use axum::{
     Extension,
-    body::{Body, HttpBody as _},
+    body::{Body, HttpBody},
     extract::State,
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 
 use crate::{
@@ -49,15 +50,47 @@ pub async fn post_data(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_content_type(&headers)?;
+    ingest(&state, caller.as_ref().map(|Extension(c)| c), &headers, body).await
+}
+
+/// What [`post_data`] does, on any body (the HTTP service calls it with hyper's body
+/// for an uncompressed batch, the router with the decompressed one).
+///
+/// # Errors
+/// The [`ApiError`] to answer with; nothing was applied unless it says so.
+pub async fn ingest<B>(
+    state: &AppState,
+    caller: Option<&Caller>,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<Response, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    check_content_type(headers)?;
     let Some(raw_key) = headers.get(&IDEMPOTENCY_KEY) else {
         let mut body = read_body(body, state.body_limit).await?;
-        apply(&state, &mut body, None).await?;
+        apply(state, &mut body, None).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
+    // Rare: boxed, so the common request's future does not carry this one's size.
+    Box::pin(idempotent(state, caller, raw_key, body)).await
+}
+
+async fn idempotent<B>(
+    state: &AppState,
+    caller: Option<&Caller>,
+    raw_key: &HeaderValue,
+    body: B,
+) -> Result<Response, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let key = IdempotencyKey::parse(raw_key.as_bytes())?.as_str();
-    let key = match &caller {
-        Some(Extension(Caller(api_key))) => Cow::Owned(format!("{} {key}", api_key.name)),
+    let key = match caller {
+        Some(Caller(api_key)) => Cow::Owned(format!("{} {key}", api_key.name)),
         None => Cow::Borrowed(key),
     };
     let key = key.as_ref();
@@ -83,13 +116,17 @@ pub async fn post_data(
                 token,
                 applied: false,
             };
-            let result = claimed(&state, body, claim).await;
+            let result = claimed(state, body, claim).await;
             result.map(|()| StatusCode::NO_CONTENT.into_response())
         }
     }
 }
 
-async fn claimed(state: &AppState, body: Body, mut claim: Held) -> Result<(), ApiError> {
+async fn claimed<B>(state: &AppState, body: B, mut claim: Held) -> Result<(), ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let mut body = read_body(body, state.body_limit).await?;
     let completion = Completion {
         key: &claim.key,
@@ -164,8 +201,13 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Collects the body into one owned, mutable buffer (simd-json parses in place), with
 /// room for the parser's padding so decoding does not copy it again.
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut body = Limited::new(body, limit);
+async fn read_body<B>(body: B, limit: usize) -> Result<Vec<u8>, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let body = Limited::new(body, limit);
+    tokio::pin!(body);
     let hint = usize::try_from(body.size_hint().lower())
         .unwrap_or(limit)
         .min(limit);

@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use axum::{
     extract::{MatchedPath, State},
-    http::{Method, header},
+    http::{HeaderValue, Method, header},
     response::{IntoResponse, Response},
 };
+use tracing::Span;
 
-use crate::{http::error::Rejection, state::AppState};
+use crate::{
+    http::{SPAN_TARGET, error::Rejection},
+    state::AppState,
+};
 
 /// Renders the Prometheus text exposition.
 #[utoipa::path(
@@ -33,22 +37,27 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Records one finished request: count, latency, the span's status and latency fields,
-/// and for a rejection its counter and a sampled log line.
+/// Records one finished request: count, latency, and when the request span is on (debug
+/// level) its status and latency fields and the per-request line; for a rejection, its
+/// counter and a sampled log line that carries the request's route and id itself.
 pub fn record(
     state: &AppState,
     route: &'static str,
     method: &'static str,
     elapsed: Duration,
     response: &Response,
+    request_id: &HeaderValue,
+    span: &Span,
 ) {
     let status = response.status();
     state
         .metrics
         .http_request(route, method, status.as_u16(), elapsed);
-    let span = tracing::Span::current();
-    span.record("status", status.as_u16());
-    span.record("latency_us", elapsed.as_micros() as u64);
+    if !span.is_disabled() {
+        span.record("status", status.as_u16());
+        span.record("latency_us", elapsed.as_micros() as u64);
+        tracing::debug!(target: SPAN_TARGET, parent: span, "finished processing request");
+    }
     if let Some(rejection) = response.extensions().get::<Rejection>()
         && status.is_client_error()
     {
@@ -59,6 +68,9 @@ pub fn record(
                 reason = rejection.reason,
                 error = %rejection.message,
                 suppressed_since_last = suppressed,
+                method,
+                route,
+                request_id = request_id.to_str().unwrap_or(""),
                 "request rejected"
             );
         }

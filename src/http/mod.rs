@@ -12,7 +12,10 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod openapi;
+pub mod request_id;
+pub mod service;
 pub mod statistics;
+pub mod timeout;
 
 use std::{
     convert::Infallible,
@@ -22,27 +25,20 @@ use std::{
 use axum::{
     Router,
     extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, header},
     middleware::{self, Next},
     response::{IntoResponse as _, Response},
     routing::MethodRouter,
 };
-use tower::ServiceBuilder;
-use tower_http::{
-    decompression::RequestDecompressionLayer,
-    limit::RequestBodyLimitLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    timeout::TimeoutLayer,
-    trace::{DefaultOnResponse, TraceLayer},
-};
-use tracing::Level;
+use tower_http::{decompression::RequestDecompressionLayer, limit::RequestBodyLimitLayer};
+use tracing::{Instrument as _, Span};
 use utoipa::OpenApi as _;
 use utoipa_axum::{
     router::{OpenApiRouter, UtoipaMethodRouterExt as _},
     routes,
 };
 
-use crate::state::AppState;
+use crate::{metrics::InFlight, state::AppState};
 
 /// Every route with its OpenAPI description; `ingest_layers` wraps `POST /data` alone.
 fn routes(
@@ -70,86 +66,121 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     // to the decoded bytes, so neither a large upload nor a zstd/gzip bomb gets through.
     // The timeout is here, not around every route: a body upload is what a slow client can
     // stretch, while the other routes answer from memory at once (and a networked store
-    // bounds its own calls). A timer per request is not free on the hot GET path.
+    // bounds its own calls). The timer is armed only when a request waits (a small POST
+    // whose body came with its headers never does): a timer per request is not free.
     let body_limit = state.body_limit;
     let ingest_layers = move |route: MethodRouter<AppState>| {
         route
             .layer::<_, Infallible>(RequestDecompressionLayer::new().no_deflate().no_br())
             .layer::<_, Infallible>(RequestBodyLimitLayer::new(body_limit))
-            .layer::<_, Infallible>(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                request_timeout,
-            ))
-    };
-
-    let request_span = |request: &Request| {
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        tracing::info_span!(
-            "request",
-            method = metrics::method_label(request.method()),
-            route = metrics::route_label(request.extensions().get()),
-            status = tracing::field::Empty,
-            latency_us = tracing::field::Empty,
-            measurements = tracing::field::Empty,
-            sensors = tracing::field::Empty,
-            request_id,
-        )
+            .layer::<_, Infallible>(timeout::LazyTimeoutLayer::new(request_timeout))
     };
 
     let (router, _) = routes(ingest_layers).split_for_parts();
     router
-        // `Router::layer` wraps each route (and the fallback) after routing, so these
-        // layers see the `MatchedPath`. Outermost first: the request id is set before the
-        // span is made so the span has it.
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_response(
-                            DefaultOnResponse::new()
-                                .level(Level::DEBUG)
-                                .latency_unit(tower_http::LatencyUnit::Micros),
-                        )
-                        // Server errors are logged once, where they are mapped.
-                        .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(middleware::from_fn_with_state(state.clone(), edge)),
-        )
+        // `Router::layer` wraps each route (and the fallback) after routing, so the edge
+        // sees the `MatchedPath`.
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
 
-/// The one middleware of ours around every route: sheds load and checks API keys
-/// ([`access::admit`]), counts and times the request, gives framework errors our JSON
-/// shape, and while draining asks clients to close the connection after this response
-/// (so keep-alive clients reconnect to another replica). One layer rather than several:
-/// each `from_fn` layer costs a boxed future per request.
+/// `tracing` target of the request span and the per-request line.
+pub const SPAN_TARGET: &str = "sensor_stats::request";
+
+/// The one middleware around every route: gives the request its id (the caller's
+/// `x-request-id`, or a counter-based one) and, at debug level, its span; sheds load
+/// and checks API keys ([`access::admit`]); counts and times the request; gives framework
+/// errors our JSON shape; and while draining asks clients to close the connection after
+/// this response (so keep-alive clients reconnect to another replica). The hot requests
+/// get the same from [`service::HttpService`] without the router.
+///
+/// One layer rather than several: each layer costs a future (a `from_fn` layer a boxed
+/// one) per request.
 pub async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let start = Instant::now();
     let route = metrics::route_label(request.extensions().get());
-    let method = metrics::method_label(request.method());
-    let in_flight = state.metrics.in_flight();
-    let response = match access::admit(&state, route, &mut request) {
+    let edge = Edge::start(&state, route, request.method(), request.headers());
+    let admitted = {
+        let _entered = edge.span.enter();
+        access::admit(&state, route, &mut request)
+    };
+    let response = match admitted {
         Ok(permit) => {
-            let response = next.run(request).await;
+            let response = if edge.span.is_disabled() {
+                next.run(request).await
+            } else {
+                next.run(request).instrument(edge.span.clone()).await
+            };
             drop(permit);
             response
         }
         Err(refusal) => refusal.into_response(),
     };
-    drop(in_flight);
-    let mut response = error::jsonify(response, state.body_limit);
-    if state.lifecycle.is_draining() {
+    edge.finish(&state, response)
+}
+
+/// One request at the edge, from its arrival to its answer: counted in flight until
+/// finished or dropped (a cancelled request).
+///
+/// The request span is at debug level, the level of the per-request line: at the default
+/// level it does not exist and nothing is formatted for it; the info-level lines of a
+/// request (a sampled rejection) carry the request's route and id themselves.
+struct Edge {
+    start: Instant,
+    route: &'static str,
+    method: &'static str,
+    request_id: HeaderValue,
+    span: Span,
+    in_flight: InFlight,
+}
+
+impl Edge {
+    fn start(state: &AppState, route: &'static str, method: &Method, headers: &HeaderMap) -> Self {
+        let start = Instant::now();
+        let method = metrics::method_label(method);
+        let request_id = request_id::of(headers);
+        let span = tracing::debug_span!(
+            target: SPAN_TARGET,
+            "request",
+            method,
+            route,
+            request_id = request_id.to_str().unwrap_or(""),
+            status = tracing::field::Empty,
+            latency_us = tracing::field::Empty,
+            measurements = tracing::field::Empty,
+            sensors = tracing::field::Empty,
+        );
+        Self {
+            start,
+            route,
+            method,
+            request_id,
+            span,
+            in_flight: state.metrics.in_flight(),
+        }
+    }
+
+    /// The response as sent: JSON errors, `Connection: close` while draining, the
+    /// request id; records the metrics and the per-request line.
+    fn finish(self, state: &AppState, response: Response) -> Response {
+        drop(self.in_flight);
+        let mut response = error::jsonify(response, state.body_limit);
+        if state.lifecycle.is_draining() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        metrics::record(
+            state,
+            self.route,
+            self.method,
+            self.start.elapsed(),
+            &response,
+            &self.request_id,
+            &self.span,
+        );
         response
             .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            .insert(request_id::X_REQUEST_ID.clone(), self.request_id);
+        response
     }
-    metrics::record(&state, route, method, start.elapsed(), &response);
-    response
 }
