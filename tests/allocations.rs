@@ -150,12 +150,12 @@ fn per_request(workload: Workload) -> f64 {
 fn a_get_of_statistics_makes_at_most_today_s_allocations() {
     let n = per_request(Workload::W3);
     eprintln!("W3 GET /statistics: {n:.2} allocations per request");
-    assert!(n <= 6.0, "{n:.2} allocations per GET");
+    assert!(n <= 3.75, "{n:.2} allocations per GET");
 }
 
 #[test]
 fn a_one_measurement_post_makes_at_most_today_s_allocations() {
     let n = per_request(Workload::W2);
     eprintln!("W2 POST one measurement: {n:.2} allocations per request");
-    assert!(n <= 8.5, "{n:.2} allocations per POST");
+    assert!(n <= 6.1, "{n:.2} allocations per POST");
 }

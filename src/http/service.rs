@@ -100,7 +100,7 @@ impl Shared {
             Hot::PostData => "/data",
             Hot::GetStatistics => "/statistics/{sensor}",
         };
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let edge = Edge::start(state, route, &parts.method, &parts.headers);
         let admitted = {
             let _entered = edge.span.enter();
@@ -108,6 +108,18 @@ impl Shared {
         };
         let response = match admitted {
             Ok((permit, caller)) => {
+                // hyper gives each request a header map of its own: the answer reuses it
+                // instead of allocating one (the request's headers are not needed any
+                // more: the edge has the request id, admission is done; a POST's after
+                // the batch is in).
+                let recycled = match hot {
+                    Hot::GetStatistics => {
+                        let mut headers = std::mem::take(&mut parts.headers);
+                        headers.clear();
+                        headers
+                    }
+                    Hot::PostData => HeaderMap::new(),
+                };
                 let answer = async {
                     match hot {
                         // The router's ingest route has the same timeout around the handler.
@@ -119,14 +131,23 @@ impl Shared {
                                         .into_response(),
                                 )
                             };
-                            match timeout::lazy(self.request_timeout, ingest).await {
+                            let mut response = match timeout::lazy(self.request_timeout, ingest).await {
                                 Ok(response) => response,
                                 Err(never) => match never {},
+                            };
+                            // The 204's headers (the request id) go into the request's map.
+                            if response.headers().is_empty() {
+                                let mut headers = std::mem::take(&mut parts.headers);
+                                headers.clear();
+                                *response.headers_mut() = headers;
                             }
+                            response
                         }
                         Hot::GetStatistics => {
                             let sensor = sensor_in(parts.uri.path()).unwrap_or_default();
-                            statistics::statistics_of(state, sensor).await.into_response()
+                            statistics::statistics_of(state, sensor, recycled)
+                                .await
+                                .into_response()
                         }
                     }
                 };

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use axum::{
     body::Body,
     extract::{FromRequestParts, Path, State},
-    http::{HeaderValue, StatusCode, header, request::Parts},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::Response,
 };
 use bytes::{BufMut as _, Bytes, BytesMut};
@@ -69,19 +69,24 @@ pub async fn get_statistics(
     State(state): State<AppState>,
     SensorPath(sensor): SensorPath,
 ) -> Result<Response, ApiError> {
-    statistics_of(&state, &sensor).await
+    statistics_of(&state, &sensor, HeaderMap::new()).await
 }
 
-/// What [`get_statistics`] answers for the (percent-decoded) sensor id.
+/// What [`get_statistics`] answers for the (percent-decoded) sensor id, with the
+/// response headers in `headers` (an empty map; the HTTP service passes the request's,
+/// cleared, so the answer does not allocate a map of its own).
 ///
 /// # Errors
 /// An invalid sensor id, or a store that cannot answer.
-pub async fn statistics_of(state: &AppState, sensor: &str) -> Result<Response, ApiError> {
+pub async fn statistics_of(
+    state: &AppState,
+    sensor: &str,
+    mut headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let summary = state.store.get(SensorId::parse(sensor)?).await?;
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut response = Response::new(Body::from(json(&summary)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    *response.headers_mut() = headers;
     Ok(response)
 }
 

@@ -1,6 +1,7 @@
 //! Overload protection: `--max-in-flight` (503 at once, probes and the scrape still
-//! served, recovery), `--max-connections` (accept and close), `--idle-timeout`, and
-//! `--max-sensors` (507, nothing applied, known sensors still accepted).
+//! served, recovery), `--max-connections` (accept and close), `--idle-timeout`,
+//! `--header-read-timeout` (kept by the connection watchdog), and `--max-sensors` (507,
+//! nothing applied, known sensors still accepted).
 
 use std::{
     num::{NonZeroU64, NonZeroUsize},
@@ -11,7 +12,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use reqwest::{Method, StatusCode};
-use tokio::{io::AsyncWriteExt as _, net::TcpStream, task::JoinHandle};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    task::JoinHandle,
+};
 
 use crate::helpers::{TestApp, eventually, measurement, metric, spawn_app_with};
 
@@ -243,6 +248,43 @@ async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
     );
     let (_, text) = busy.get("/metrics").await.unwrap();
     assert!(metric(&text, "sensor_stats_connections_idle_closed_total") >= Some(1.0));
+}
+
+#[tokio::test]
+async fn headers_sent_too_slowly_close_the_connection_and_a_quiet_keep_alive_one_stays_open() {
+    let app = spawn_app_with(|c| {
+        c.header_read_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // Served once, then silent: no request is arriving on it.
+    let mut quiet = Connection::open(&app).await;
+    assert_eq!(quiet.get("/livez").await.unwrap().0, 204);
+
+    // Act: a request whose headers never end, one more byte every 100 ms (the connection
+    // is never idle).
+    let slow = TcpStream::connect(app.addr).await.unwrap();
+    let (mut reader, mut writer) = slow.into_split();
+    writer
+        .write_all(b"GET /livez HTTP/1.1\r\nhost: test\r\nx-slow: ")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(4), reader.read(&mut buf)).await;
+    trickle.abort();
+
+    // Assert: closed without an answer; the quiet connection, silent for longer than the
+    // header-read timeout, still serves.
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    assert_eq!(quiet.get("/livez").await.unwrap().0, 204);
 }
 
 #[tokio::test]
