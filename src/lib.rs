@@ -10,7 +10,9 @@
 //! - [`ingest`]: request bytes to a validated, folded batch (simd-json), all or nothing.
 //! - [`store`]: where statistics live, behind one `Store` handle: in memory, in memory and
 //!   on disk (`--data-dir`: write-ahead log and snapshots), or in a shared Redis.
-//! - [`http`]: routes, handlers, the JSON error type and the middleware stack.
+//! - [`http`]: routes, handlers, the JSON error type and the middleware stack;
+//!   `http::service` is the hyper service of every connection, which answers the two hot
+//!   requests without the router.
 //! - [`app`]: binds the listener, serves connections, runs shutdown. The only place
 //!   that wires modules together.
 //! - Leaves anyone may use: [`config`] (flags and env), [`telemetry`] (logs),

@@ -3,7 +3,9 @@
 //!
 //! Routes are registered through `utoipa_axum::routes!`, which takes each handler's
 //! `#[utoipa::path]` description along: the OpenAPI document (`openapi`) lists exactly
-//! the routes served.
+//! the routes served. Connections are served by [`service::HttpService`], which answers
+//! the two hot requests (`GET /statistics/{sensor}`, `POST /data`) with the same edge
+//! (`Edge`) and handler code, without the router, and passes every other request to it.
 
 pub mod access;
 pub mod docs;
