@@ -51,7 +51,15 @@ impl Timestamp {
     /// # Errors
     /// [`TimestampError`] naming the first rule the text breaks.
     pub fn parse(text: &str) -> Result<Self, TimestampError> {
-        let b = text.as_bytes();
+        Self::parse_ascii(text.as_bytes())
+    }
+
+    /// [`Timestamp::parse`] of the bytes of a string (every accepted form is ASCII, so
+    /// the caller need not check UTF-8 first).
+    ///
+    /// # Errors
+    /// [`TimestampError`] naming the first rule the text breaks.
+    pub fn parse_ascii(b: &[u8]) -> Result<Self, TimestampError> {
         if b.len() < 19 {
             return Err(TimestampError::Shape);
         }

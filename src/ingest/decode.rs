@@ -1,5 +1,7 @@
-//! `decode`: a `POST /data` body to a folded [`Batch`], all or nothing, with simd-json.
+//! `decode`: a `POST /data` body to a folded [`Batch`], all or nothing.
 //!
+//! Bodies of the plain shape nearly every client sends are read in one pass by
+//! [`super::fast`]; the others, and every invalid body, by simd-json as follows.
 //! simd-json parses in place into a tape; strings without escapes borrow from the body and
 //! escaped ones are unescaped in place, so no measurement allocates a string. The tape is
 //! walked once: every item is validated and folded into the batch, and the first invalid
@@ -14,6 +16,7 @@ use std::cell::RefCell;
 
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, StaticNode, Tape};
 
+use super::fast::{self, Item};
 use crate::domain::{Batch, SensorId, SensorIdError, Timestamp, TimestampError};
 
 /// How deeply a body may nest: the array (1), a measurement object (2), and containers
@@ -31,6 +34,8 @@ pub const PADDING: usize = INPUT_PADDING;
 
 thread_local! {
     static SCRATCH: RefCell<Option<(Buffers, Tape<'static>)>> = const { RefCell::new(None) };
+    /// The measurements the plain-shape reader found, kept for the thread's next body.
+    static ITEMS: RefCell<Vec<Item>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Why a body was rejected, and at which measurement.
@@ -112,6 +117,22 @@ impl DecodeError {
 /// # Errors
 /// [`DecodeError`] for the first problem found; no partial batch is returned.
 pub fn decode(body: &mut Vec<u8>) -> Result<Batch<'_>, DecodeError> {
+    // The plain shape first (one pass, no tape); anything else, and every error, is
+    // the full decoder's.
+    if ITEMS.with_borrow_mut(|items| fast::scan(body, items)) {
+        let body: &Vec<u8> = body;
+        // `scan` accepts ASCII only, so this one check of the whole body (with SIMD)
+        // passes; it is what lets the batch borrow the sensor ids as `str`.
+        return match simdutf8::basic::from_utf8(body) {
+            Ok(text) => Ok(ITEMS.with_borrow_mut(|items| fold_items(text, items))),
+            Err(_) => Err(DecodeError::body(DecodeErrorKind::Syntax("invalid UTF-8".into()))),
+        };
+    }
+    decode_full(body)
+}
+
+/// [`decode`] with simd-json, whatever the shape.
+fn decode_full(body: &mut Vec<u8>) -> Result<Batch<'_>, DecodeError> {
     let len = body.len();
     body.resize(len + PADDING, 0);
     let (mut buffers, tape) = SCRATCH
@@ -128,6 +149,25 @@ pub fn decode(body: &mut Vec<u8>) -> Result<Batch<'_>, DecodeError> {
         SCRATCH.with(|s| *s.borrow_mut() = Some((buffers, tape.reset())));
     }
     result
+}
+
+/// Folds what [`fast::scan`] read from `body` (every sensor range is ASCII of an
+/// accepted length, which `scan` checked), and leaves the item buffer to the thread
+/// unless it grew large.
+fn fold_items<'a>(body: &'a str, items: &mut Vec<Item>) -> Batch<'a> {
+    let mut batch = Batch::with_capacity(items.len().min(64));
+    for item in items.iter() {
+        let (start, end) = item.sensor;
+        let text = &body[start as usize..end as usize];
+        let sensor = SensorId::parse(text).expect("the plain-shape reader checked the length");
+        batch.push(sensor, item.value, item.at);
+    }
+    if items.capacity() * std::mem::size_of::<Item>() > SCRATCH_KEEP_LIMIT {
+        *items = Vec::new();
+    } else {
+        items.clear();
+    }
+    batch
 }
 
 /// Validates and folds the measurements of a parsed body.
@@ -440,7 +480,188 @@ mod tests {
         assert!(decode_str(&bomb).is_err());
     }
 
+    /// What a batch holds, comparable exactly (floats by their bits).
+    fn contents(batch: &Batch<'_>) -> Vec<(String, u64, u64, String)> {
+        let mut v: Vec<_> = batch
+            .deltas()
+            .map(|(s, d)| (s.to_string(), d.count, d.sum.to_bits(), d.latest.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The plain-shape reader either declines or gives exactly what simd-json gives.
+    fn fast_agrees_with_full(body: &[u8]) -> bool {
+        let mut items = Vec::new();
+        if !fast::scan(body, &mut items) {
+            return false;
+        }
+        let fast = fold_items(
+            std::str::from_utf8(body).expect("scan accepts ASCII only"),
+            &mut items,
+        );
+        let mut copy = body.to_vec();
+        let full = decode_full(&mut copy).unwrap_or_else(|e| {
+            panic!(
+                "fast path accepted what simd-json rejects ({e}): {:?}",
+                String::from_utf8_lossy(body)
+            )
+        });
+        assert_eq!(
+            fast.measurements(),
+            full.measurements(),
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(
+            contents(&fast),
+            contents(&full),
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+        true
+    }
+
+    #[test]
+    fn the_plain_reader_takes_the_workload_and_agrees_with_simd_json() {
+        for (measurements, sensors) in [(0, 1), (1, 1), (1000, 100), (5000, 7)] {
+            let body = crate::workload::batch(measurements, sensors, 3);
+            assert!(
+                fast_agrees_with_full(body.as_bytes()),
+                "{measurements} x {sensors} declined"
+            );
+        }
+    }
+
+    #[test]
+    fn the_plain_reader_declines_what_it_does_not_read_and_agrees_on_the_rest() {
+        let ts = r#""timestamp":"2021-11-08T21:38:09Z""#;
+        let cases = [
+            // Numbers of every form.
+            ("-0", true),
+            ("0", true),
+            ("-0.0", false),
+            ("0.0", true),
+            ("0e0", true),
+            ("-0e0", false),
+            ("1", true),
+            ("-17", true),
+            ("123456789012345678", true),
+            ("1234567890123456789", false),
+            ("-123456789012345678", true),
+            ("1.5", true),
+            ("-123.45", true),
+            ("1e2", true),
+            ("1E+2", true),
+            ("2.5e-3", true),
+            ("1e400", false),
+            ("-1e400", false),
+            ("1.7976931348623157e308", true),
+            ("4.9e-324", true),
+            ("1e-400", true),
+            ("0.1", true),
+            ("9007199254740993", true),
+            ("9007199254740993.0", true),
+            ("01", false),
+            ("1.", false),
+            (".5", false),
+            ("-", false),
+            ("+1", false),
+            ("1e", false),
+            ("NaN", false),
+            ("true", false),
+            ("\"1\"", false),
+        ];
+        for (number, plain) in cases {
+            let body = format!(r#"[{{"sensor":"s",{ts},"value":{number}}}]"#);
+            assert_eq!(fast_agrees_with_full(body.as_bytes()), plain, "{body}");
+        }
+        let sensor_256 = "x".repeat(256);
+        let sensor_257 = "x".repeat(257);
+        for (body, plain) in [
+            (
+                format!(r#" [ {{ "sensor" : "s" , {ts} , "value" : 1 }} ] "#),
+                true,
+            ),
+            (format!("[\t{{\"sensor\":\"s\",{ts},\"value\":1}}\r\n]"), true),
+            (
+                format!(r#"[{{"value":1,{ts},"sensor":"s","unit":"C","n":-2.5e3}}]"#),
+                true,
+            ),
+            (format!(r#"[{{"sensor":"{sensor_256}",{ts},"value":1}}]"#), true),
+            (format!(r#"[{{"sensor":"{sensor_257}",{ts},"value":1}}]"#), false),
+            (format!(r#"[{{"sensor":"",{ts},"value":1}}]"#), false),
+            (format!(r#"[{{"sensor":"a\"b",{ts},"value":1}}]"#), false),
+            (format!(r#"[{{"sensor":"é",{ts},"value":1}}]"#), false),
+            (format!("[{{\"sensor\":\"a\u{1}b\",{ts},\"value\":1}}]"), false),
+            (format!(r#"[{{"sensor":"ab",{ts},"value":1}}]"#), true),
+            (format!(r#"[{{"sensor":"s",{ts},"value":1,"x":null}}]"#), false),
+            (format!(r#"[{{"sensor":"s",{ts},"value":1,"x":{{}}}}]"#), false),
+            (
+                format!(r#"[{{"sensor":"s",{ts},"value":1,"sensor":"t"}}]"#),
+                false,
+            ),
+            (format!(r#"[{{"sensor":"s",{ts}}}]"#), false),
+            (format!(r#"[{{"sensor":"s",{ts},"value":1}},]"#), false),
+            (format!(r#"[{{"sensor":"s",{ts},"value":1,}}]"#), false),
+            (format!(r#"[{{"sensor":"s",{ts},"value":1}}] x"#), false),
+            (format!(r#"[{{"sensor":"s",{ts},"value":1}}"#), false),
+            (format!(r#"{{"sensor":"s",{ts},"value":1}}"#), false),
+            (
+                r#"[{"sensor":"s","timestamp":"2021-02-30T00:00:00Z","value":1}]"#.to_owned(),
+                false,
+            ),
+            (
+                r#"[{"sensor":"s","timestamp":"2021-02-28 00:00:00.5-05:30","value":1}]"#.to_owned(),
+                true,
+            ),
+            (r#"[{"sensor":"s","timestamp":1,"value":1}]"#.to_owned(), false),
+            (
+                r#"[{"sensor":1,"timestamp":"2021-02-28T00:00:00Z","value":1}]"#.to_owned(),
+                false,
+            ),
+            ("[]".to_owned(), true),
+            ("[{}]".to_owned(), false),
+            ("".to_owned(), false),
+        ] {
+            assert_eq!(fast_agrees_with_full(body.as_bytes()), plain, "{body}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_plain_reader_never_disagrees_on_mangled_bodies(
+            cut in 0usize..400, byte in any::<u8>(), seed in 1u64..50, n in 1usize..5,
+        ) {
+            let mut body = crate::workload::batch(n, 2, seed).into_bytes();
+            let at = cut % body.len();
+            body[at] = byte;
+            fast_agrees_with_full(&body);
+            body.truncate(at);
+            fast_agrees_with_full(&body);
+        }
+
+        #[test]
+        fn the_plain_reader_agrees_on_any_number_text(
+            int in -1_000_000_000_000_000_000i128..1_000_000_000_000_000_000i128,
+            frac in proptest::option::of("[0-9]{1,20}"), exp in proptest::option::of(-400i32..400),
+        ) {
+            let mut number = int.to_string();
+            if let Some(f) = frac { number.push('.'); number.push_str(&f); }
+            if let Some(e) = exp { number.push_str(&format!("e{e}")); }
+            let body = format!(r#"[{{"sensor":"s","timestamp":"2021-11-08T21:38:09Z","value":{number}}}]"#);
+            fast_agrees_with_full(body.as_bytes());
+        }
+
+        #[test]
+        fn the_plain_reader_agrees_on_any_value_bits(bits in any::<u64>()) {
+            let value = f64::from_bits(bits);
+            if value.is_finite() {
+                let body = format!(r#"[{{"sensor":"s","timestamp":"2021-11-08T21:38:09Z","value":{value:e}}},{{"sensor":"s","timestamp":"2021-11-08T21:38:09Z","value":{value}}}]"#);
+                fast_agrees_with_full(body.as_bytes());
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&mut bytes);

@@ -2,6 +2,7 @@
 //! Nothing here touches shared state, so a rejected request has applied nothing.
 
 mod decode;
+mod fast;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod reference;
 
