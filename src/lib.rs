@@ -7,7 +7,8 @@
 //!
 //! - [`domain`]: pure types: sensor ids, timestamps (parse and print), the folded batch,
 //!   the summary a reader gets.
-//! - [`ingest`]: request bytes to a validated, folded batch (simd-json), all or nothing.
+//! - [`ingest`]: request bytes to a validated, folded batch (a single-pass reader of the
+//!   plain shape, simd-json for the rest), all or nothing.
 //! - [`store`]: where statistics live, behind one `Store` handle: in memory, in memory and
 //!   on disk (`--data-dir`: write-ahead log and snapshots), or in a shared Redis.
 //! - [`http`]: routes, handlers, the JSON error type and the middleware stack;
