@@ -644,6 +644,40 @@ async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_
     );
 }
 
+/// Values near ±1.8e308 overflow the sum to infinity (`avg` null, as the memory store
+/// answers); the log and the snapshot keep that sensor like any other.
+#[tokio::test]
+async fn a_sensor_whose_sum_overflowed_is_kept_by_the_log_and_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[{},{}]",
+        measurement("huge", "2021-01-01T00:00:00Z", 1e308),
+        measurement("huge", "2021-01-01T00:00:01Z", 1e308)
+    );
+    let path = dir.path().to_owned();
+    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    app.post_data(body.clone(), StatusCode::NO_CONTENT).await;
+    let stats = app.statistics("huge").await;
+    assert_eq!(stats["count"], 2, "{stats}");
+    assert!(stats["avg"].is_null(), "{stats}");
+    // Clean stop: written into the last snapshot.
+    app.trigger_shutdown();
+    app.server.take().unwrap().await.unwrap().unwrap();
+    drop(app); // it holds the data dir's lock
+    // Crash: the next batch is only in the log.
+    let mut server = Server::spawn(dir.path(), &[]);
+    server.wait_ready().await;
+    assert_eq!(server.post(body.clone()).await, StatusCode::NO_CONTENT);
+    server.sigkill();
+    let path = dir.path().to_owned();
+    let app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    // 2 from the snapshot, 2 from the log after it.
+    let stats = app.statistics("huge").await;
+    assert_eq!(stats["count"], 4, "{stats}");
+    assert!(stats["avg"].is_null(), "{stats}");
+    assert_eq!(stats["last_measurement"], "2021-01-01T00:00:01+00:00", "{stats}");
+}
+
 #[tokio::test]
 async fn idempotency_keys_survive_a_clean_restart_and_a_crash() {
     let dir = tempfile::tempdir().unwrap();

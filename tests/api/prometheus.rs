@@ -1,6 +1,8 @@
 //! The observability files against the real tools: every expression of the Grafana
 //! dashboard must parse and return data in a real Prometheus that scrapes the real app
-//! (with `--store redis` on a real `redis-server`, so the Store row has data too),
+//! (one app with `--store redis` on a real `redis-server`, so the Store row has data
+//! too, and one with a `--data-dir` that snapshots every second, for the Durable store
+//! row),
 //! `deploy/prometheus.yml` must pass `promtool check config`, and `grafana/check.sh` must
 //! pass. Needs `prometheus`, `promtool`, `jq` and `redis-server` on PATH:
 //! `scripts/test.sh` installs them. The app runs with API keys, as in production: the
@@ -57,8 +59,9 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
 async fn dashboard_against_prometheus() {
     // Arrange: the app on a shared Redis whatever SENSOR_STATS_TEST_STORE says (the memory
     // store makes no store calls and no flushes, so the Store row's latency and flush
-    // panels would be NaN), with API keys, traffic of every kind, and a Prometheus
-    // scraping the app every second with its own token.
+    // panels would be NaN), a second app with a data dir (the durable store, a snapshot
+    // every second) for the Durable store row, both with API keys and traffic of every
+    // kind, and a Prometheus scraping both every second with its own token.
     let keys = KeysFile::new(&[
         ("traffic", "ingest,read,delete"),
         ("reader", "read"),
@@ -69,8 +72,17 @@ async fn dashboard_against_prometheus() {
         c.api_keys_file = Some(path);
     })
     .await;
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let (path, data) = (keys.path.clone(), data_dir.path().to_owned());
+    let durable = spawn_app_on(None, move |c| {
+        c.api_keys_file = Some(path);
+        c.data_dir = Some(data);
+        c.snapshot_interval = Duration::from_secs(1);
+    })
+    .await;
     let traffic = Traffic::start(&app, keys.token("traffic"), keys.token("reader"));
-    let prometheus = Prometheus::start(&app, keys.token("prometheus")).await;
+    let durable_traffic = Traffic::start(&durable, keys.token("traffic"), keys.token("reader"));
+    let prometheus = Prometheus::start(&[&app, &durable], keys.token("prometheus")).await;
     prometheus.wait_for_scrapes(MIN_SCRAPES).await;
 
     // Act: every expression of every panel (and the variable query) through the HTTP API.
@@ -104,9 +116,14 @@ async fn dashboard_against_prometheus() {
         }
     }
     let rounds = traffic.stop().await;
+    let durable_rounds = durable_traffic.stop().await;
 
     // Assert
     assert!(rounds > 0, "the traffic driver never finished a round");
+    assert!(
+        durable_rounds > 0,
+        "the durable app's traffic driver never finished a round"
+    );
     assert!(checked >= 16, "only {checked} expressions found in the dashboard");
     assert!(
         failures.is_empty(),
@@ -366,7 +383,8 @@ fn round(n: u64, ex1: &str, ex2: &str) -> Vec<Call> {
 
 /// Totals the traffic driver makes positive: a call of each store operation, flushes,
 /// replays, the idempotency rejections it provokes (not `idempotency_key_in_use`, which
-/// needs a request held open mid-body), and `/livez`.
+/// needs a request held open mid-body), `/livez`, and the durable app's log fsyncs, log
+/// bytes and snapshots.
 fn traffic_coverage() -> Vec<String> {
     let mut queries: Vec<String> = ["apply", "get", "delete", "claim", "release", "ping", "count"]
         .iter()
@@ -379,6 +397,10 @@ fn traffic_coverage() -> Vec<String> {
             r#"sum(sensor_stats_requests_rejected_total{reason="idempotency_key_reused"})"#,
             r#"sum(sensor_stats_requests_rejected_total{reason="invalid_idempotency_key"})"#,
             r#"sum(sensor_stats_http_requests_total{route="/livez"})"#,
+            "sum(sensor_stats_wal_fsync_duration_seconds_count)",
+            "sum(sensor_stats_wal_written_bytes_total)",
+            "sum(sensor_stats_snapshot_duration_seconds_count)",
+            "sum(sensor_stats_snapshot_size_bytes)",
         ]
         .map(str::to_owned),
     );
@@ -516,7 +538,7 @@ impl Drop for TempDir {
     }
 }
 
-/// A real `prometheus` process scraping one app; killed (and its directory removed) on
+/// A real `prometheus` process scraping the apps; killed (and its directory removed) on
 /// drop, panics included.
 struct Prometheus {
     child: Child,
@@ -535,9 +557,9 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Scrapes `app` every second with `Authorization: Bearer <token>`, the token read
+    /// Scrapes `apps` every second with `Authorization: Bearer <token>`, the token read
     /// from a file as in deploy/prometheus.yml.
-    async fn start(app: &TestApp, token: &str) -> Self {
+    async fn start(apps: &[&TestApp], token: &str) -> Self {
         let dir = TempDir::new();
         let config = dir.0.join("prometheus.yml");
         let token_file = dir.0.join("sensor-stats-token");
@@ -547,9 +569,12 @@ impl Prometheus {
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                  scrape_configs:\n  - job_name: {JOB}\n    authorization:\n      type: Bearer\n      \
-                 credentials_file: {}\n    static_configs:\n      - targets: [\"{}\"]\n",
+                 credentials_file: {}\n    static_configs:\n      - targets: [{}]\n",
                 token_file.display(),
-                app.addr
+                apps.iter()
+                    .map(|app| format!("\"{}\"", app.addr))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .expect("write prometheus.yml");
@@ -605,7 +630,8 @@ impl Prometheus {
 
     async fn wait_for_scrapes(&self, at_least: f64) {
         let deadline = Instant::now() + SCRAPES_DEADLINE;
-        let query = format!("sum_over_time(up{{job=\"{JOB}\"}}[1m])");
+        // The least-scraped target decides.
+        let query = format!("min(sum_over_time(up{{job=\"{JOB}\"}}[1m]))");
         loop {
             let scrapes = self
                 .query(&query)

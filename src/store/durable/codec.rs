@@ -360,8 +360,11 @@ impl<'a> Reader<'a> {
         let low = self.u32()?;
         let latest = Timestamp::from_key((u128::from(high) << 32) | u128::from(low))
             .ok_or(CodecError::Invalid("timestamp"))?;
-        if count == 0 || !sum.is_finite() {
-            return Err(CodecError::Invalid("count or sum"));
+        // Any sum is valid, infinities and NaN included: values near ±1.8e308 overflow a
+        // batch's sum as they overflow the memory store's, whose `avg` is then `null`.
+        // The record's checksum, not the value, tells a damaged record.
+        if count == 0 {
+            return Err(CodecError::Invalid("count"));
         }
         Ok((sensor, Delta { count, sum, latest }))
     }
@@ -439,6 +442,37 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn overflowed_sums_round_trip_as_the_memory_store_keeps_them() {
+        // 1e308 + 1e308 is +inf; +inf + -inf is NaN. Both are states the memory store
+        // reaches too (its `avg` is then null), so the log must carry them, not refuse.
+        let at = Timestamp::parse("2021-01-01T00:00:00Z").unwrap();
+        for sum in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            let mut payload = Vec::new();
+            encode_sensor(
+                &mut payload,
+                "huge",
+                &Delta {
+                    count: 2,
+                    sum,
+                    latest: at,
+                },
+            );
+            let mut got = Collect::default();
+            decode_entries(&payload, Kind::Snapshot, &mut got).unwrap();
+            assert_eq!(got.0, [format!("huge 2 {sum} {at}")]);
+        }
+        let mut batch = Batch::default();
+        let huge = SensorId::parse("huge").unwrap();
+        batch.push(huge, 1e308, at);
+        batch.push(huge, 1e308, at);
+        let mut payload = Vec::new();
+        encode_batch(&mut payload, &batch, None);
+        let mut got = Collect::default();
+        decode_entries(&payload, Kind::Log, &mut got).unwrap();
+        assert_eq!(got.0, [format!("huge 2 inf {at}")]);
     }
 
     #[test]
