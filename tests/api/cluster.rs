@@ -42,13 +42,26 @@ impl RedisCluster {
                 ports.push(p);
             }
         }
-        let cluster = Self {
+        let mut cluster = Self {
             dir,
             nodes: Mutex::new(HashMap::new()),
-            ports,
+            ports: Vec::new(),
         };
-        for &p in &cluster.ports {
-            cluster.run(p);
+        // Another test's process may take a chosen port (or its bus port) before this
+        // node binds it; such a node exits at once, and gets another port.
+        for mut p in ports {
+            let mut attempts = 0;
+            while !cluster.launch(p) {
+                attempts += 1;
+                assert!(attempts < 5, "no node started after {attempts} ports");
+                p = loop {
+                    let q = cluster_port();
+                    if !cluster.ports.contains(&q) {
+                        break q;
+                    }
+                };
+            }
+            cluster.ports.push(p);
         }
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
@@ -70,6 +83,12 @@ impl RedisCluster {
 
     /// Starts (again) the node on `port`, with its data dir and nodes.conf.
     pub fn run(&self, port: u16) {
+        assert!(self.launch(port), "node {port} did not start");
+    }
+
+    /// Starts the node on `port` and waits for its PONG; false when the process exits
+    /// first (its port was taken) or no PONG comes within 10 s.
+    fn launch(&self, port: u16) -> bool {
         let dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
@@ -91,12 +110,18 @@ impl RedisCluster {
         self.nodes.lock().unwrap().insert(port, Some(child));
         let start = Instant::now();
         while self.cli(port, &["PING"]) != "PONG" {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "node {port} did not start"
-            );
+            let exited = match self.nodes.lock().unwrap().get_mut(&port) {
+                Some(Some(child)) => child.try_wait().is_ok_and(|status| status.is_some()),
+                _ => true,
+            };
+            if exited || start.elapsed() > Duration::from_secs(10) {
+                self.kill(port);
+                self.nodes.lock().unwrap().remove(&port);
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     pub fn kill(&self, port: u16) {
