@@ -1,8 +1,8 @@
 //! `DurableStore`: the embedded store kept on disk (`--data-dir`): statistics and
 //! Idempotency-Key records in memory, every write in a write-ahead log first (group
 //! commit), and snapshots that let old log segments go. Memory only ever holds what the
-//! log holds: the committer thread applies an entry after it is written (and, with
-//! `--fsync always`, fsynced), in log order, so memory is always what a replay would build.
+//! log holds: an entry is applied after it is written (and, with `--fsync always`,
+//! fsynced), in log order, so memory is always what a replay would build.
 //!
 //! The data dir holds `LOCK` (an exclusive lock while a process uses it),
 //! `wal-<n>.log` segments, `snapshot-<n>.snap` files (the store after every segment
@@ -21,7 +21,6 @@ use std::{
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
-        mpsc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -34,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use self::{
     codec::Completed,
     map::SensorMap,
-    wal::{Committer, CommitterSettings, Msg, Rotation, Shared},
+    wal::{CommitterSettings, Log, Pending, Rotation, Shared},
 };
 use super::{Claim, ClaimToken, Claims, Completion, StoreError, idempotency::unix_ms};
 use crate::{
@@ -97,7 +96,8 @@ pub struct DurableStore {
 }
 
 struct Running {
-    queue: mpsc::Sender<Msg>,
+    log: Arc<Log>,
+    /// The fsync thread.
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -151,7 +151,7 @@ impl DurableStore {
     }
 
     /// Reads the data dir back (snapshot, then log), opens a new log segment and starts
-    /// the committer thread. Blocking: run it off the async workers.
+    /// the fsync thread. Blocking: run it off the async workers.
     ///
     /// # Errors
     /// Damage in the data dir (unless `--recover truncate`) or any I/O error; the message
@@ -160,7 +160,7 @@ impl DurableStore {
         let started = Instant::now();
         let dir = &self.settings.dir;
         let found = recovery::recover(dir, self.settings.truncate, &self.map, &self.claims)?;
-        let committer = Committer::new(
+        let log = Log::new(
             CommitterSettings {
                 dir: dir.clone(),
                 fsync: self.settings.fsync,
@@ -175,10 +175,13 @@ impl DurableStore {
             Arc::clone(&self.shared),
         )
         .with_context(|| format!("cannot create a log segment in {}", dir.display()))?;
-        let (queue, receiver) = mpsc::channel();
+        let log = Arc::new(log);
         let thread = std::thread::Builder::new()
             .name("sensor-stats-wal".into())
-            .spawn(move || committer.run(receiver))
+            .spawn({
+                let log = Arc::clone(&log);
+                move || log.run()
+            })
             .context("cannot start the log thread")?;
         let elapsed = started.elapsed();
         self.metrics.replay(elapsed);
@@ -202,7 +205,7 @@ impl DurableStore {
             elapsed.as_secs_f64() * 1e3
         );
         let _ = self.running.set(Running {
-            queue,
+            log,
             thread: Mutex::new(Some(thread)),
         });
         Ok(())
@@ -213,30 +216,22 @@ impl DurableStore {
         self.running.get().is_some() && !self.stopped.load(Ordering::Acquire)
     }
 
-    fn queue(&self) -> Result<&mpsc::Sender<Msg>, StoreError> {
+    fn log(&self) -> Result<&Arc<Log>, StoreError> {
         if self.stopped.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("the store is shutting down".into()));
         }
         self.running
             .get()
-            .map(|r| &r.queue)
+            .map(|r| &r.log)
             .ok_or_else(|| StoreError::Unavailable("starting up: the data dir is being read back".into()))
     }
 
-    /// Hands an encoded entry to the committer and waits until it is durable and applied.
+    /// Writes an entry to the log on this worker and waits until it is applied: at once
+    /// with `--fsync interval`, after the fsync that covers it with `--fsync always`.
     async fn commit(&self, bytes: Vec<u8>, claim: Option<(Box<str>, ClaimToken)>) -> Result<(), StoreError> {
-        let queue = self.queue()?;
+        let log = self.log()?;
         let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::SendError(msg)) = queue.send(Msg::Entry { bytes, claim, reply }) {
-            if let Msg::Entry {
-                claim: Some((key, token)),
-                ..
-            } = msg
-            {
-                self.claims.abort(&key, &token);
-            }
-            return Err(StoreError::Unavailable("the log writer has stopped".into()));
-        }
+        log.submit(Pending { bytes, claim, reply });
         answer
             .await
             .unwrap_or_else(|_| Err(StoreError::Interrupted("the log writer stopped".into())))
@@ -247,7 +242,7 @@ impl DurableStore {
         batch: &Batch<'_>,
         completion: Option<Completion<'_>>,
     ) -> Result<(), StoreError> {
-        self.queue()?;
+        self.log()?;
         let mut bytes = Vec::new();
         let claim = match completion {
             None => {
@@ -277,13 +272,13 @@ impl DurableStore {
     }
 
     pub(super) fn get(&self, sensor: SensorId<'_>) -> Result<Summary, StoreError> {
-        self.queue()?;
+        self.log()?;
         Ok(self.map.get(sensor.as_str()).unwrap_or_default())
     }
 
     pub(super) fn claim(&self, key: &str) -> Result<Claim, StoreError> {
         // Before the records are read back, a completed key would look free.
-        self.queue()?;
+        self.log()?;
         Ok(self.claims.claim(key))
     }
 
@@ -304,14 +299,14 @@ impl DurableStore {
         if !force && *last == Some(applied) {
             return;
         }
-        let Ok(queue) = self.queue() else {
+        let Ok(log) = self.log() else {
             return;
         };
         let started = Instant::now();
-        let (reply, rotated) = oneshot::channel();
-        if queue.send(Msg::Rotate(reply)).is_err() {
-            return;
-        }
+        let rotated = tokio::task::spawn_blocking({
+            let log = Arc::clone(log);
+            move || log.rotate()
+        });
         let rotation: Rotation = match rotated.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -324,15 +319,9 @@ impl DurableStore {
         let dir = self.settings.dir.clone();
         let map = Arc::clone(&self.map);
         let claims = Arc::clone(&self.claims);
-        let queue = queue.clone();
+        let log = Arc::clone(log);
         let written = tokio::task::spawn_blocking(move || {
-            let end = || {
-                let (reply, images) = oneshot::channel();
-                if queue.send(Msg::EndSnapshot(reply)).is_err() {
-                    return Default::default();
-                }
-                images.blocking_recv().unwrap_or_default()
-            };
+            let end = || log.end_snapshot();
             let written = snapshot::write(
                 &dir,
                 rotation.segment,
@@ -397,7 +386,7 @@ impl DurableStore {
         }
     }
 
-    /// After the drain: a last snapshot (when anything changed), then the committer
+    /// After the drain: a last snapshot (when anything changed), then the log
     /// fsyncs and stops. Requests after this get 503.
     pub async fn shutdown(&self) {
         let Some(running) = self.running.get() else {
@@ -405,11 +394,15 @@ impl DurableStore {
         };
         self.snapshot(false).await;
         self.stopped.store(true, Ordering::Release);
-        let _ = running.queue.send(Msg::Stop);
+        let log = Arc::clone(&running.log);
         let thread = running.thread.lock().expect("not poisoned").take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let _ = tokio::task::spawn_blocking(move || {
+            log.stop();
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 
     /// Tests only: make every log write fail as a full or broken disk would (`true`), or

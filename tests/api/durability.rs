@@ -22,7 +22,7 @@ use sensor_stats::{
     store::Store,
 };
 
-use crate::helpers::{free_port, measurement, spawn_app_on};
+use crate::helpers::{eventually, free_port, measurement, metric, spawn_app_on};
 
 /// The real server binary on a free port over `dir`, logging JSON to a captured stdout.
 struct Server {
@@ -642,6 +642,133 @@ async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_
         text.contains("sensor_stats_wal_fsync_duration_seconds_count"),
         "{text}"
     );
+}
+
+/// `--fsync interval`: requests are answered before any fsync, and the log thread
+/// fsyncs what they wrote within the interval, without a request to wake it.
+#[tokio::test]
+async fn fsync_interval_answers_at_once_and_fsyncs_on_its_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let app = spawn_app_on(None, move |c| {
+        c.data_dir = Some(path);
+        c.fsync = FsyncMode::Interval;
+        c.fsync_interval = Duration::from_millis(100);
+    })
+    .await;
+    let fsyncs = || async {
+        let reply = app
+            .request(Method::GET, "/metrics", &[], "", StatusCode::OK)
+            .await;
+        let text = String::from_utf8(reply.body).unwrap();
+        metric(&text, "sensor_stats_wal_fsync_duration_seconds_count").unwrap_or(0.0)
+    };
+    let before = fsyncs().await;
+    for i in 0..20 {
+        let body = format!("[{}]", measurement("tick", "2021-01-01T00:00:00Z", f64::from(i)));
+        app.post_data(body, StatusCode::NO_CONTENT).await;
+    }
+    assert_eq!(app.statistics("tick").await["count"], 20);
+    // Nothing else is sent: only the timer can make the fsync happen.
+    eventually(Duration::from_secs(5), "an fsync of the written log", || async {
+        fsyncs().await > before
+    })
+    .await;
+}
+
+/// `--fsync always` under concurrent writers: requests written while an fsync runs share
+/// the next one (group commit), and every acknowledged write is applied exactly once, in
+/// memory and after a restart.
+#[tokio::test]
+async fn fsync_always_groups_concurrent_writers_and_applies_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let (client, url) = (app.client.clone(), app.url("/data"));
+        writers.spawn(async move {
+            for i in 0..25 {
+                let body = format!(
+                    "[{},{}]",
+                    measurement("shared", "2021-01-01T00:00:00Z", 1.0),
+                    measurement(&format!("own-{w}"), "2021-01-01T00:00:00Z", f64::from(i))
+                );
+                let sent = client.post(&url).header("content-type", "application/json");
+                let status = sent.body(body).send().await.unwrap().status();
+                assert_eq!(status, StatusCode::NO_CONTENT);
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let stats = app.statistics("shared").await;
+    assert_eq!(stats["count"], 800, "{stats}");
+    assert_eq!(stats["avg"], 1.0, "{stats}");
+    let text = String::from_utf8(
+        app.request(Method::GET, "/metrics", &[], "", StatusCode::OK)
+            .await
+            .body,
+    )
+    .unwrap();
+    let fsyncs = metric(&text, "sensor_stats_wal_fsync_duration_seconds_count").unwrap();
+    let groups = metric(&text, "sensor_stats_store_flush_requests_count").unwrap();
+    let grouped = metric(&text, "sensor_stats_store_flush_requests_sum").unwrap();
+    assert_eq!(grouped, 800.0, "every write in exactly one group: {text}");
+    assert!(
+        groups <= 800.0 && fsyncs >= groups,
+        "{groups} groups, {fsyncs} fsyncs"
+    );
+    app.trigger_shutdown();
+    app.server.take().unwrap().await.unwrap().unwrap();
+    drop(app);
+    let path = dir.path().to_owned();
+    let app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    assert_eq!(app.statistics("shared").await["count"], 800);
+    for w in 0..32 {
+        assert_eq!(app.statistics(&format!("own-{w}")).await["count"], 25);
+    }
+}
+
+/// `--max-sensors` with `--fsync always`: batches racing for the last places while
+/// earlier ones wait for their fsync are counted against the cap in log order, so
+/// exactly the cap's worth of new sensors gets in.
+#[tokio::test]
+async fn the_sensor_cap_is_exact_for_concurrent_batches_waiting_on_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let app = spawn_app_on(None, move |c| {
+        c.data_dir = Some(path);
+        c.max_sensors = std::num::NonZeroU64::new(20);
+    })
+    .await;
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let (client, url) = (app.client.clone(), app.url("/data"));
+        posts.spawn(async move {
+            let body = format!(
+                "[{}]",
+                measurement(&format!("cap-{i}"), "2021-01-01T00:00:00Z", 1.0)
+            );
+            let sent = client.post(&url).header("content-type", "application/json");
+            sent.body(body).send().await.unwrap().status()
+        });
+    }
+    let statuses: Vec<StatusCode> = posts.join_all().await;
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::NO_CONTENT).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::INSUFFICIENT_STORAGE)
+        .count();
+    assert_eq!((accepted, refused), (20, 40), "{statuses:?}");
+    let mut tracked = 0;
+    for i in 0..60 {
+        if app.statistics(&format!("cap-{i}")).await["count"] == 1 {
+            tracked += 1;
+        }
+    }
+    assert_eq!(tracked, 20);
 }
 
 /// Values near ±1.8e308 overflow the sum to infinity (`avg` null, as the memory store

@@ -1,5 +1,5 @@
-//! `SensorMap`: the durable store's statistics in memory, written by one thread (the log
-//! committer, or recovery before it starts) and read by any, with copy-on-write
+//! `SensorMap`: the durable store's statistics in memory, written by one writer at a time
+//! (whoever holds the log's lock, or recovery before it starts) and read by any, with copy-on-write
 //! snapshots that never stop the writer.
 //!
 //! Each cell holds the same two 128-bit atomics as the memory store (count and sum in one,

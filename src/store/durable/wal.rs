@@ -1,28 +1,32 @@
-//! The write-ahead log: segment files, and the committer thread that owns them and is the
-//! only writer of the durable store's memory.
+//! The write-ahead log: segment files, the lock that makes one writer of the log and of
+//! the durable store's memory at a time, and the fsync thread.
 //!
-//! Requests hand their encoded entry to the committer over a channel and wait. The
-//! committer takes everything queued, writes it as one frame (one `write`), and with
-//! `--fsync always` calls `fdatasync` before it applies the entries to memory and answers:
-//! the requests that arrived while one fsync ran share the next one (group commit). With
-//! `--fsync interval` it applies and answers after the `write` and fsyncs on a timer.
+//! A request writes its entry on its own worker: under the log's lock it appends one frame
+//! (one `write`, no hand-off to another thread). With `--fsync interval` it then applies
+//! the entry to memory and is answered at once; the fsync thread fsyncs every
+//! `--fsync-interval`. With `--fsync always` the entry waits in the log's queue: the fsync
+//! thread fsyncs whatever is written, outside the lock (writers keep appending meanwhile),
+//! then applies the entries that fsync covers in log order and answers them. The entries
+//! written while one fsync runs share the next one (group commit), and the thread wakes
+//! its waiters once per fsync. Either way memory is applied in log order, only after the
+//! entry is in the log, and with `always` only after it is on disk.
 //!
-//! A failed `write` is undone (the file is cut back to its last frame) and every request
-//! of the group gets 503 with nothing applied. A failed `fsync` is fatal for the segment
-//! (after one, the kernel may have dropped the pages and cleared the error, so a retry
-//! proves nothing): the segment is closed and the next write opens a new one, whose header
-//! records how many bytes of the old one are known to be on disk; recovery ignores the
-//! rest. New segments are tried at most once a second while the disk refuses.
+//! A failed `write` is undone (the file is cut back to its last frame) and its request
+//! gets 503 with nothing applied. A failed `fsync` is fatal for the segment (after one,
+//! the kernel may have dropped the pages and cleared the error, so a retry proves
+//! nothing): the segment is closed, every entry waiting for that fsync gets 503 with
+//! nothing applied, and the next write opens a new segment, whose header records how many
+//! bytes of the old one are known to be on disk; recovery ignores the rest. New segments
+//! are tried at most once a second while the disk refuses.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::{File, OpenOptions},
     io::{self, Write as _},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -41,8 +45,6 @@ use crate::{
     telemetry::LogSampler,
 };
 
-/// A group stops taking queued entries past this many bytes (one large entry goes alone).
-const MAX_GROUP_BYTES: usize = 8 << 20;
 /// How often a new segment may be tried after the disk refused one.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -59,7 +61,8 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// The segment being written.
 #[derive(Debug)]
 struct Segment {
-    file: File,
+    /// Shared with the fsync thread, which syncs it without holding the log's lock.
+    file: Arc<File>,
     number: u64,
     /// Bytes written, all of them whole frames.
     len: u64,
@@ -88,29 +91,12 @@ impl Segment {
             return Err(e);
         }
         Ok(Self {
-            file,
+            file: Arc::new(file),
             number,
             len: codec::HEADER_LEN as u64,
             durable: codec::HEADER_LEN as u64,
         })
     }
-}
-
-/// A message to the committer.
-pub(super) enum Msg {
-    /// One encoded log entry (a batch or a delete) to make durable, then apply.
-    Entry {
-        bytes: Vec<u8>,
-        /// The Idempotency-Key claim to give back when the write fails.
-        claim: Option<(Box<str>, ClaimToken)>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Start a snapshot: close the segment, open the next, begin copy-on-write.
-    Rotate(oneshot::Sender<io::Result<Rotation>>),
-    /// End the snapshot: hand over the before-images, stop copy-on-write.
-    EndSnapshot(oneshot::Sender<std::collections::HashMap<Box<str>, Delta>>),
-    /// Fsync what is written and stop.
-    Stop,
 }
 
 /// Where a snapshot cuts the log.
@@ -143,7 +129,25 @@ pub(super) struct Shared {
     pub(super) fail_writes: AtomicBool,
 }
 
-/// The committer thread's state.
+/// An entry to write, and who waits for it.
+pub(super) struct Pending {
+    pub(super) bytes: Vec<u8>,
+    /// The Idempotency-Key claim to give back when the write fails.
+    pub(super) claim: Option<(Box<str>, ClaimToken)>,
+    pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The log: the committer's state behind one lock, and the fsync thread's wake-ups.
+pub(super) struct Log {
+    state: Mutex<Committer>,
+    /// The fsync thread waits here for entries (`always`) or for its timer (`interval`).
+    work: Condvar,
+    /// A rotation or the stop waits here for the group the fsync thread is writing.
+    idle: Condvar,
+}
+
+/// The state behind the log's lock: the segment, the entries waiting for the fsync
+/// thread, and everything needed to apply entries to memory.
 pub(super) struct Committer {
     settings: CommitterSettings,
     segment: Option<Segment>,
@@ -159,18 +163,66 @@ pub(super) struct Committer {
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     errors: LogSampler,
+    /// `--fsync interval`: the frame of the entry being written.
     frame: Vec<u8>,
-    group: Vec<Pending>,
+    /// `--fsync always`: the next group's frame (header space, then the entries of
+    /// `queued`), taken whole by the fsync thread.
+    queued_frame: Vec<u8>,
+    queued: Vec<Pending>,
+    /// The fsync thread is writing and fsyncing a group outside the lock.
+    in_flight: bool,
+    /// `--max-sensors`: what the entries not yet applied will add and remove.
+    cap: CapCount,
+    /// The fsync thread sleeps until the next entry arrives.
+    thread_waiting: bool,
+    /// Entries are refused (the store is stopping).
+    stopped: bool,
+    /// The fsync thread is to exit.
+    exit: bool,
 }
 
-struct Pending {
-    bytes: Vec<u8>,
-    claim: Option<(Box<str>, ClaimToken)>,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+/// The sensors the store will track once the entries not yet applied are.
+#[derive(Default)]
+struct CapCount {
+    added: HashSet<Box<str>>,
+    removed: HashSet<Box<str>>,
+    tracked: u64,
 }
 
-impl Committer {
-    /// Creates the first segment and the committer over it.
+/// A group taken by the fsync thread: its entries, their frame, and where it goes.
+struct Group {
+    entries: Vec<Pending>,
+    frame: Vec<u8>,
+    file: Arc<File>,
+    /// The segment's length before the frame.
+    start: u64,
+    fail_writes: bool,
+    metrics: Arc<Metrics>,
+}
+
+/// What became of a group's `write` and `fsync` (`None`: not tried after a failed write).
+struct Outcome {
+    written: io::Result<()>,
+    synced: Option<io::Result<()>>,
+}
+
+impl Group {
+    /// Writes the frame (one `write`) and fsyncs it; needs no lock.
+    fn write_and_sync(&mut self) -> Outcome {
+        let header = codec::frame_header(&self.frame[codec::FRAME_HEADER_LEN..]);
+        self.frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
+        let written = if self.fail_writes {
+            Err(io::Error::other("write refused (injected failure)"))
+        } else {
+            (&*self.file).write_all(&self.frame)
+        };
+        let synced = written.is_ok().then(|| timed_sync(&self.file, &self.metrics));
+        Outcome { written, synced }
+    }
+}
+
+impl Log {
+    /// Creates the first segment and the log over it.
     ///
     /// # Errors
     /// When the segment cannot be created.
@@ -182,7 +234,7 @@ impl Committer {
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
         let segment = Segment::create(&settings.dir, settings.first_segment, settings.prev_len)?;
-        Ok(Self {
+        let committer = Committer {
             next_number: settings.first_segment + 1,
             closed: (settings.first_segment.saturating_sub(1), settings.prev_len),
             segment: Some(segment),
@@ -197,100 +249,355 @@ impl Committer {
             shared,
             errors: LogSampler::new(Duration::from_secs(1)),
             frame: Vec::new(),
-            group: Vec::new(),
+            queued_frame: Vec::new(),
+            queued: Vec::new(),
+            in_flight: false,
+            cap: CapCount::default(),
+            thread_waiting: false,
+            stopped: false,
+            exit: false,
+        };
+        Ok(Self {
+            state: Mutex::new(committer),
+            work: Condvar::new(),
+            idle: Condvar::new(),
         })
     }
 
-    /// Serves `queue` until [`Msg::Stop`] or until every sender is gone.
-    pub(super) fn run(mut self, queue: mpsc::Receiver<Msg>) {
-        loop {
-            let Some(first) = self.wait(&queue) else {
-                break;
-            };
-            let mut next = Some(first);
-            let mut bytes = 0;
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Entry {
-                        bytes: b,
-                        claim,
-                        reply,
-                    } => {
-                        bytes += b.len();
-                        self.group.push(Pending {
-                            bytes: b,
-                            claim,
-                            reply,
-                        });
-                    }
-                    control => {
-                        self.commit();
-                        if !self.control(control) {
-                            self.sync_if_dirty();
-                            return;
-                        }
-                    }
-                }
-                if bytes < MAX_GROUP_BYTES {
-                    next = queue.try_recv().ok();
-                }
-            }
-            self.commit();
-        }
-        self.sync_if_dirty();
+    /// The committer's state; `None` after a panic while it was held (memory may not
+    /// match the log any more: nothing more is written).
+    fn lock(&self) -> Option<MutexGuard<'_, Committer>> {
+        self.state.lock().ok()
     }
 
-    /// The next message; in interval mode, fsyncs when the interval passes meanwhile.
-    fn wait(&mut self, queue: &mpsc::Receiver<Msg>) -> Option<Msg> {
-        loop {
-            if self.settings.fsync == FsyncMode::Interval && self.dirty() {
-                let left = self
-                    .settings
-                    .fsync_interval
-                    .saturating_sub(self.last_sync.elapsed());
-                match queue.recv_timeout(left) {
-                    Ok(msg) => return Some(msg),
-                    Err(mpsc::RecvTimeoutError::Timeout) => self.sync_if_dirty(),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+    /// Takes an entry on the caller's thread. `--fsync interval`: writes it (one
+    /// `write`), applies it and answers it before returning. `--fsync always`: appends it
+    /// to the next group; the fsync thread answers it once it is written and fsynced.
+    /// Refusals (shutting down, sensor cap, write error) are answered at once.
+    pub(super) fn submit(&self, pending: Pending) {
+        let mut this = match self.state.lock() {
+            Ok(this) => this,
+            Err(poisoned) => {
+                let claims = Arc::clone(&poisoned.get_ref().claims);
+                return refuse(pending, &claims, "the log writer has failed");
+            }
+        };
+        if this.stopped {
+            let claims = Arc::clone(&this.claims);
+            return refuse(pending, &claims, "the store is shutting down");
+        }
+        match this.settings.fsync {
+            FsyncMode::Interval => this.write_now(pending),
+            FsyncMode::Always => {
+                if this.enqueue(pending) && this.thread_waiting {
+                    this.thread_waiting = false;
+                    self.work.notify_one();
                 }
-            } else {
-                return queue.recv().ok();
             }
         }
     }
 
-    fn dirty(&self) -> bool {
-        self.segment.as_ref().is_some_and(|s| s.durable < s.len)
+    /// Starts a snapshot: settles what is written (the group in flight, then the queued
+    /// entries, fsynced and applied), closes the segment, opens the next and begins
+    /// copy-on-write.
+    pub(super) fn rotate(&self) -> io::Result<Rotation> {
+        let failed = || io::Error::other("the log writer has failed");
+        let this = self.lock().ok_or_else(failed)?;
+        let mut this = self.settle(this).ok_or_else(failed)?;
+        this.rotate()
     }
 
-    /// Handles a control message; false to stop.
-    fn control(&mut self, msg: Msg) -> bool {
-        match msg {
-            Msg::Entry { .. } => unreachable!("entries are grouped by the caller"),
-            Msg::Rotate(reply) => {
-                let _ = reply.send(self.rotate());
-                true
-            }
-            Msg::EndSnapshot(reply) => {
-                self.cow.generation = 0;
-                let _ = reply.send(std::mem::take(&mut self.cow.before));
-                true
-            }
-            Msg::Stop => false,
-        }
+    /// Ends the snapshot: hands over the before-images and stops copy-on-write.
+    pub(super) fn end_snapshot(&self) -> HashMap<Box<str>, Delta> {
+        let Some(mut this) = self.lock() else {
+            return HashMap::new();
+        };
+        this.cow.generation = 0;
+        std::mem::take(&mut this.cow.before)
     }
 
-    fn rotate(&mut self) -> io::Result<Rotation> {
-        if let Some(segment) = &mut self.segment
-            && segment.durable < segment.len
+    /// Settles what is written (fsync, apply, answer), refuses later entries and tells
+    /// the fsync thread to exit.
+    pub(super) fn stop(&self) {
+        if let Some(this) = self.lock()
+            && let Some(mut this) = self.settle(this)
         {
-            let synced = timed_sync(&segment.file, &self.metrics);
-            if let Err(e) = synced {
-                self.poison(&e);
-                return Err(e);
-            }
-            segment.durable = segment.len;
+            this.stopped = true;
+            this.exit = true;
         }
+        self.work.notify_all();
+    }
+
+    /// Waits for the group in flight, then writes, fsyncs and applies what is queued and
+    /// fsyncs what interval mode wrote, all under the lock. `None`: the lock is poisoned.
+    fn settle<'a>(&'a self, mut this: MutexGuard<'a, Committer>) -> Option<MutexGuard<'a, Committer>> {
+        while this.in_flight {
+            this = self.idle.wait(this).ok()?;
+        }
+        if let Some(mut group) = this.take_group() {
+            let outcome = group.write_and_sync();
+            this.land(group, outcome);
+        }
+        this.sync_if_dirty();
+        Some(this)
+    }
+
+    /// The fsync thread, until [`Log::stop`]. `--fsync always`: takes everything queued
+    /// as one group, writes and fsyncs it outside the lock (the entries that arrive
+    /// meanwhile form the next group: group commit), then applies and answers it in log
+    /// order. `--fsync interval`: fsyncs every `--fsync-interval` when anything was
+    /// written.
+    pub(super) fn run(&self) {
+        let Some(mut this) = self.lock() else {
+            return;
+        };
+        let interval = this.settings.fsync_interval;
+        let always = this.settings.fsync == FsyncMode::Always;
+        loop {
+            if always && let Some(mut group) = this.take_group() {
+                this.in_flight = true;
+                drop(this);
+                let outcome = group.write_and_sync();
+                let Some(guard) = self.lock() else {
+                    return;
+                };
+                this = guard;
+                this.in_flight = false;
+                self.idle.notify_all();
+                this.land(group, outcome);
+                continue;
+            }
+            if this.exit {
+                return;
+            }
+            let waited = if always {
+                this.thread_waiting = true;
+                self.work.wait(this).ok()
+            } else {
+                let left = interval.saturating_sub(this.last_sync.elapsed());
+                if left.is_zero() {
+                    let Some(guard) = self.sync_unlocked(this) else {
+                        return;
+                    };
+                    this = guard;
+                    continue;
+                }
+                self.work.wait_timeout(this, left).ok().map(|(guard, _)| guard)
+            };
+            let Some(guard) = waited else {
+                return;
+            };
+            this = guard;
+            this.thread_waiting = false;
+        }
+    }
+
+    /// Interval mode: fsyncs what is written so far without holding the lock (writers go
+    /// on meanwhile), then records it as durable.
+    fn sync_unlocked<'a>(&'a self, mut this: MutexGuard<'a, Committer>) -> Option<MutexGuard<'a, Committer>> {
+        this.last_sync = Instant::now();
+        let Some(segment) = this.segment.as_ref().filter(|s| s.durable < s.len) else {
+            return Some(this);
+        };
+        let (number, len, file) = (segment.number, segment.len, Arc::clone(&segment.file));
+        let metrics = Arc::clone(&this.metrics);
+        drop(this);
+        let synced = timed_sync(&file, &metrics);
+        let mut this = self.lock()?;
+        // A rotation in the meantime fsynced that segment itself.
+        if let Some(segment) = this.segment.as_mut().filter(|s| s.number == number) {
+            match synced {
+                Ok(()) => segment.durable = segment.durable.max(len),
+                Err(e) => this.poison(&e),
+            }
+        }
+        Some(this)
+    }
+}
+
+/// Answers `pending` with a 503 and gives back its claim.
+fn refuse(pending: Pending, claims: &Claims, message: &str) {
+    if let Some((key, token)) = &pending.claim {
+        claims.abort(key, token);
+    }
+    let _ = pending
+        .reply
+        .send(Err(StoreError::Unavailable(message.to_owned())));
+}
+
+impl Committer {
+    /// Whether an entry passes the sensor cap; answers it (507) when it does not.
+    fn admitted(&mut self, pending: Pending) -> Option<Pending> {
+        let Some(max) = self.settings.max_sensors else {
+            return Some(pending);
+        };
+        if self.admit(&pending, max) {
+            return Some(pending);
+        }
+        if let Some((key, token)) = &pending.claim {
+            self.claims.abort(key, token);
+        }
+        let _ = pending.reply.send(Err(StoreError::SensorCap(max)));
+        None
+    }
+
+    /// Always mode: appends the entry to the next group; true when it was.
+    fn enqueue(&mut self, pending: Pending) -> bool {
+        let Some(pending) = self.admitted(pending) else {
+            return false;
+        };
+        if self.queued_frame.is_empty() {
+            self.queued_frame.resize(codec::FRAME_HEADER_LEN, 0);
+        }
+        self.queued_frame.extend_from_slice(&pending.bytes);
+        self.queued.push(pending);
+        true
+    }
+
+    /// Always mode: everything queued, as one group for the current segment (opened
+    /// again after a failure, or the group fails at once).
+    fn take_group(&mut self) -> Option<Group> {
+        if self.queued.is_empty() {
+            return None;
+        }
+        let entries = std::mem::take(&mut self.queued);
+        let frame = std::mem::take(&mut self.queued_frame);
+        if self.segment.is_none()
+            && let Err(message) = self.reopen()
+        {
+            self.fail(entries, &message, false);
+            self.recount_cap();
+            return None;
+        }
+        let segment = self.segment.as_ref().expect("opened above");
+        Some(Group {
+            entries,
+            frame,
+            file: Arc::clone(&segment.file),
+            start: segment.len,
+            fail_writes: self.shared.fail_writes.load(Ordering::Relaxed),
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+
+    /// Always mode: records what became of a group, then applies and answers it, or
+    /// answers it 503 with nothing applied. A rotation waits for the group in flight, so
+    /// the segment is still the one the group was written to.
+    fn land(&mut self, group: Group, outcome: Outcome) {
+        let Group {
+            entries,
+            frame,
+            start,
+            ..
+        } = group;
+        let Some(segment) = self.segment.as_mut() else {
+            return self.fail(entries, "the log segment was closed", true);
+        };
+        if let Err(e) = outcome.written {
+            // Cut back whatever part of the frame reached the file.
+            let undone = segment
+                .file
+                .set_len(start)
+                .and_then(|()| segment.file.sync_data());
+            if let Err(undo) = undone {
+                self.poison(&undo);
+            }
+            self.fail(entries, &format!("the log cannot be written: {e}"), false);
+            return self.recount_cap();
+        }
+        segment.len = start + frame.len() as u64;
+        self.metrics.wal_bytes(frame.len());
+        if let Some(Err(e)) = outcome.synced {
+            self.poison(&e);
+            self.fail(entries, &format!("the log could not be fsynced: {e}"), true);
+            return self.recount_cap();
+        }
+        segment.durable = segment.len;
+        self.last_sync = Instant::now();
+        self.metrics.flush(entries.len());
+        self.apply(entries.into_iter());
+        // Give the buffer back when the next group has not started one.
+        if self.queued_frame.is_empty() {
+            self.queued_frame = frame;
+            self.queued_frame.clear();
+        }
+    }
+
+    /// Interval mode: writes one entry as one frame (one `write`), applies and answers it.
+    fn write_now(&mut self, pending: Pending) {
+        let Some(pending) = self.admitted(pending) else {
+            return;
+        };
+        if self.segment.is_none()
+            && let Err(message) = self.reopen()
+        {
+            self.fail(vec![pending], &message, false);
+            return self.recount_cap();
+        }
+        self.frame.clear();
+        self.frame.resize(codec::FRAME_HEADER_LEN, 0);
+        self.frame.extend_from_slice(&pending.bytes);
+        let header = codec::frame_header(&self.frame[codec::FRAME_HEADER_LEN..]);
+        self.frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
+
+        let fail_writes = self.shared.fail_writes.load(Ordering::Relaxed);
+        let segment = self.segment.as_mut().expect("opened above");
+        let written = if fail_writes {
+            Err(io::Error::other("write refused (injected failure)"))
+        } else {
+            (&*segment.file).write_all(&self.frame)
+        };
+        if let Err(e) = written {
+            // Cut back whatever part of the frame reached the file.
+            let undone = segment
+                .file
+                .set_len(segment.len)
+                .and_then(|()| segment.file.sync_data());
+            if let Err(undo) = undone {
+                self.poison(&undo);
+            }
+            self.fail(vec![pending], &format!("the log cannot be written: {e}"), false);
+            return self.recount_cap();
+        }
+        segment.len += self.frame.len() as u64;
+        self.metrics.wal_bytes(self.frame.len());
+        self.metrics.flush(1);
+        self.apply(std::iter::once(pending));
+    }
+
+    /// Applies the entries to memory in order and answers them.
+    fn apply(&mut self, entries: impl Iterator<Item = Pending>) {
+        let mut apply = Apply {
+            map: &self.map,
+            claims: &self.claims,
+            cow: &mut self.cow,
+            entries: 0,
+        };
+        for p in entries {
+            if let Err(e) = codec::decode_entries(&p.bytes, Kind::Log, &mut apply) {
+                // Entries are encoded by this process: this is a bug, not bad input.
+                tracing::error!(error = %e, "an entry this process encoded does not decode");
+            }
+            let _ = p.reply.send(Ok(()));
+        }
+        self.shared.applied.fetch_add(apply.entries, Ordering::Relaxed);
+    }
+
+    fn sync_if_dirty(&mut self) {
+        let Some(segment) = &mut self.segment else {
+            return;
+        };
+        if segment.durable < segment.len {
+            match timed_sync(&segment.file, &self.metrics) {
+                Ok(()) => segment.durable = segment.len,
+                Err(e) => self.poison(&e),
+            }
+        }
+        self.last_sync = Instant::now();
+    }
+
+    /// Closes the (settled) segment and opens the next; begins copy-on-write.
+    fn rotate(&mut self) -> io::Result<Rotation> {
         let prev_len = match &self.segment {
             Some(s) => s.durable,
             None => self.closed.1,
@@ -308,19 +615,6 @@ impl Committer {
             segment: self.next_number - 1,
             generation: self.generation,
         })
-    }
-
-    fn sync_if_dirty(&mut self) {
-        let Some(segment) = &mut self.segment else {
-            return;
-        };
-        if segment.durable < segment.len {
-            match timed_sync(&segment.file, &self.metrics) {
-                Ok(()) => segment.durable = segment.len,
-                Err(e) => self.poison(&e),
-            }
-        }
-        self.last_sync = Instant::now();
     }
 
     /// Closes the segment after a failed fsync: its pages may be gone, it is not used again.
@@ -355,133 +649,52 @@ impl Committer {
         }
     }
 
-    /// Writes the group as one frame, makes it durable, applies it and answers.
-    fn commit(&mut self) {
-        if self.group.is_empty() {
+    /// Whether a batch may go in under the cap of `max` sensors, counting in log order
+    /// what the entries before it that are not applied yet add and delete (only the
+    /// lock's holder adds sensors, so this is exact); counts it in when it may.
+    fn admit(&mut self, pending: &Pending, max: u64) -> bool {
+        if self.queued.is_empty() && !self.in_flight {
+            self.cap = CapCount {
+                tracked: self.map.len() as u64,
+                ..CapCount::default()
+            };
+        }
+        let mut names = Names::default();
+        // Entries are encoded by this process; one that does not decode goes on as is.
+        let _ = codec::decode_entries(&pending.bytes, Kind::Log, &mut names);
+        self.cap.count(&self.map, names, Some(max))
+    }
+
+    /// After entries failed (nothing else in flight): counts what the queued entries add
+    /// and delete, from the map as it is.
+    fn recount_cap(&mut self) {
+        if self.settings.max_sensors.is_none() {
             return;
         }
-        if let Some(max) = self.settings.max_sensors {
-            self.enforce_cap(max);
-            if self.group.is_empty() {
-                return;
-            }
-        }
-        self.metrics.flush(self.group.len());
-        if self.segment.is_none()
-            && let Err(message) = self.reopen()
-        {
-            return self.fail(&message, false);
-        }
-        self.frame.clear();
-        self.frame.resize(codec::FRAME_HEADER_LEN, 0);
-        for p in &self.group {
-            self.frame.extend_from_slice(&p.bytes);
-        }
-        let header = codec::frame_header(&self.frame[codec::FRAME_HEADER_LEN..]);
-        self.frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
-
-        let fail_writes = self.shared.fail_writes.load(Ordering::Relaxed);
-        let segment = self.segment.as_mut().expect("opened above");
-        let written = if fail_writes {
-            Err(io::Error::other("write refused (injected failure)"))
-        } else {
-            segment.file.write_all(&self.frame)
+        self.cap = CapCount {
+            tracked: self.map.len() as u64,
+            ..CapCount::default()
         };
-        if let Err(e) = written {
-            // Cut back whatever part of the frame reached the file.
-            let undone = segment
-                .file
-                .set_len(segment.len)
-                .and_then(|()| segment.file.sync_data());
-            if let Err(undo) = undone {
-                self.poison(&undo);
-            }
-            return self.fail(&format!("the log cannot be written: {e}"), false);
-        }
-        segment.len += self.frame.len() as u64;
-        self.metrics.wal_bytes(self.frame.len());
-        match self.settings.fsync {
-            FsyncMode::Always => {
-                if let Err(e) = timed_sync(&segment.file, &self.metrics) {
-                    self.poison(&e);
-                    return self.fail(&format!("the log could not be fsynced: {e}"), true);
-                }
-                segment.durable = segment.len;
-                self.last_sync = Instant::now();
-            }
-            FsyncMode::Interval => {
-                if self.last_sync.elapsed() >= self.settings.fsync_interval {
-                    self.sync_if_dirty();
-                }
-            }
-        }
-        let mut apply = Apply {
-            map: &self.map,
-            claims: &self.claims,
-            cow: &mut self.cow,
-            entries: 0,
-        };
-        for p in self.group.drain(..) {
-            if let Err(e) = codec::decode_entries(&p.bytes, Kind::Log, &mut apply) {
-                // Entries are encoded by this process: this is a bug, not bad input.
-                tracing::error!(error = %e, "an entry this process encoded does not decode");
-            }
-            let _ = p.reply.send(Ok(()));
-        }
-        self.shared.applied.fetch_add(apply.entries, Ordering::Relaxed);
-    }
-
-    /// Refuses (507) the batches of the group that would make the store track more than
-    /// `max` sensors, counting in log order what the entries before them add and delete;
-    /// the rest stay in the group. Only the committer adds sensors, so this is exact.
-    fn enforce_cap(&mut self, max: u64) {
-        let mut added: HashSet<Box<str>> = HashSet::new();
-        let mut removed: HashSet<Box<str>> = HashSet::new();
-        let mut tracked = self.map.len() as u64;
-        for p in std::mem::take(&mut self.group) {
+        for p in &self.queued {
             let mut names = Names::default();
-            // Entries are encoded by this process; one that does not decode goes on as is.
             let _ = codec::decode_entries(&p.bytes, Kind::Log, &mut names);
-            let exists = |s: &str| added.contains(s) || (self.map.contains(s) && !removed.contains(s));
-            if let Some(sensor) = names.deleted {
-                if exists(&sensor) {
-                    tracked -= 1;
-                    added.remove(&sensor);
-                    removed.insert(sensor);
-                }
-                self.group.push(p);
-                continue;
-            }
-            let new: Vec<Box<str>> = names.sensors.into_iter().filter(|s| !exists(s)).collect();
-            if tracked + new.len() as u64 > max {
-                if let Some((key, token)) = &p.claim {
-                    self.claims.abort(key, token);
-                }
-                let _ = p.reply.send(Err(StoreError::SensorCap(max)));
-                continue;
-            }
-            tracked += new.len() as u64;
-            for sensor in new {
-                removed.remove(&sensor);
-                added.insert(sensor);
-            }
-            self.group.push(p);
+            self.cap.count(&self.map, names, None);
         }
     }
 
-    /// Answers every request of the group with a 503, gives back their claims, and logs
+    /// Answers every request of `group` with a 503, gives back their claims, and logs
     /// (at most once a second).
-    fn fail(&mut self, message: &str, maybe_written: bool) {
+    fn fail(&mut self, group: Vec<Pending>, message: &str, maybe_written: bool) {
         self.metrics.durable_write_error();
         if let Some(suppressed) = self.errors.admit() {
             tracing::error!(
                 error = message,
-                requests = self.group.len(),
+                requests = group.len(),
                 suppressed_since_last = suppressed,
                 "log write failed: requests answered 503, nothing applied in memory"
             );
         }
-        for p in self.group.drain(..) {
+        for p in group {
             if let Some((key, token)) = &p.claim {
                 self.claims.abort(key, token);
             }
@@ -492,6 +705,33 @@ impl Committer {
             };
             let _ = p.reply.send(Err(error));
         }
+    }
+}
+
+impl CapCount {
+    /// Counts an entry's effect; with `max`, refuses (false, nothing counted) a batch
+    /// that would take the count past it.
+    fn count(&mut self, map: &SensorMap, names: Names, max: Option<u64>) -> bool {
+        let exists =
+            |cap: &Self, s: &str| cap.added.contains(s) || (map.contains(s) && !cap.removed.contains(s));
+        if let Some(sensor) = names.deleted {
+            if exists(self, &sensor) {
+                self.tracked -= 1;
+                self.added.remove(&sensor);
+                self.removed.insert(sensor);
+            }
+            return true;
+        }
+        let new: Vec<Box<str>> = names.sensors.into_iter().filter(|s| !exists(self, s)).collect();
+        if max.is_some_and(|max| self.tracked + new.len() as u64 > max) {
+            return false;
+        }
+        self.tracked += new.len() as u64;
+        for sensor in new {
+            self.removed.remove(&sensor);
+            self.added.insert(sensor);
+        }
+        true
     }
 }
 
