@@ -31,6 +31,10 @@
 //! - W3: GET /statistics over 100 known sensors.
 //! - W4: 90% POST of 100-measurement batches to 10 hot sensors, 10% GET of the same
 //!   sensors from other connections.
+//! - W5: big batches and reads at once: 2 connections POST 100k-measurement batches (about
+//!   7 MB each) over 100 sensors, 8 others GET those sensors unpaced; the row's notes give
+//!   the GETs' p50 and p99 (what a reader waits while big bodies are decoded). Not in the
+//!   default set.
 //! - MEM: 1M sensors with 16-byte ids posted in batches of 10k; RSS growth per sensor.
 //! - SOAK: W2 for the whole `--duration` with nobody scraping /metrics; RSS sampled every
 //!   `--duration / 10` (histogram samples must not pile up). Not in the default set.
@@ -77,7 +81,7 @@ struct Args {
     /// Unmeasured warm-up before each workload.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Workloads to run, comma-separated: w1,w2,w3,w4,mem (and soak, snap).
+    /// Workloads to run, comma-separated: w1,w2,w3,w4,mem (and w5, soak, snap).
     #[arg(long, default_value = "w1,w2,w3,w4,mem", value_delimiter = ',')]
     workloads: Vec<String>,
     /// Stores to run each workload against, comma-separated: memory, redis,
@@ -765,6 +769,43 @@ async fn w4(args: &Args) -> Row {
     with_store_costs(row, &server, redis_cpu).await
 }
 
+async fn w5(args: &Args) -> Row {
+    let server = Server::start(args).await;
+    let post = Job::Post {
+        bodies: bodies(2, 100_000, 100),
+        per_body: 100_000,
+    };
+    let get = Job::Get {
+        sensors: ids(100),
+        paced_by: None,
+    };
+    let (tallies, acked, cpu, redis_cpu) = run_mix(args, &server, vec![(post, 2), (get, 8)]).await;
+    let verified = verify(&server, &ids(100), acked, 0).await;
+    let secs = args.duration.as_secs_f64();
+    let row = {
+        let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
+        Row {
+            extra: format!(
+                "GET {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                g.requests as f64 / secs,
+                g.percentile(0.5),
+                g.percentile(0.99),
+                g.percentile(1.0)
+            ),
+            ..Row::from_tally(
+                "W5 POST 100k x 100 sensors + GETs",
+                "2+8",
+                &p,
+                args,
+                cpu,
+                &server,
+                verified,
+            )
+        }
+    };
+    with_store_costs(row, &server, redis_cpu).await
+}
+
 /// W2 traffic for the whole duration, no scraper; RSS sampled ten times.
 async fn soak(args: &Args) -> Row {
     let server = Rc::new(Server::start(args).await);
@@ -963,6 +1004,7 @@ fn main() {
                     }
                     "w3" => w3(args).await,
                     "w4" => w4(args).await,
+                    "w5" => w5(args).await,
                     "mem" => memory(args).await,
                     "soak" => soak(args).await,
                     "snap" => snapshots_under_w1(args).await,
@@ -1016,10 +1058,10 @@ fn main() {
     print_ratios(&rows, args.duration);
 }
 
-/// Work per server CPU-second: measurements for POST workloads of batches (W1, W4),
+/// Work per server CPU-second: measurements for POST workloads of batches (W1, W4, W5),
 /// requests otherwise.
 fn per_cpu_second(r: &Row, duration: Duration) -> f64 {
-    let work = if r.name.starts_with("W1") || r.name.starts_with("W4") {
+    let work = if r.name.starts_with("W1") || r.name.starts_with("W4") || r.name.starts_with("W5") {
         r.measurements_per_s
     } else {
         r.requests_per_s
@@ -1045,7 +1087,7 @@ fn print_ratios(rows: &[Row], duration: Duration) {
             continue;
         };
         let work = |r: &Row| {
-            if r.name.starts_with("W1") || r.name.starts_with("W4") {
+            if r.name.starts_with("W1") || r.name.starts_with("W4") || r.name.starts_with("W5") {
                 r.measurements_per_s
             } else {
                 r.requests_per_s

@@ -355,6 +355,33 @@ async fn post_data_takes_a_100k_measurement_batch() {
     assert_eq!(s["last_measurement"], "2021-11-08T21:38:59+00:00");
 }
 
+/// Bodies past `DECODE_OFF_WORKER_BYTES` are decoded with the runtime worker handed over
+/// to another thread (tokio's `block_in_place`, which needs the multi-thread runtime the
+/// server runs on): a valid one is applied whole, a bad one is refused with its index and
+/// nothing applied, exactly as a small body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_the_off_worker_threshold_are_decoded_and_refused_like_small_ones() {
+    let app = spawn_app().await;
+    let items: Vec<String> = (0..20_000)
+        .map(|i| measurement(&format!("big-{}", i % 50), TS, f64::from(i % 7)))
+        .collect();
+    let valid = format!("[{}]", items.join(","));
+    assert!(valid.len() > sensor_stats::http::ingest::DECODE_OFF_WORKER_BYTES);
+    app.post_data(valid, StatusCode::NO_CONTENT).await;
+    let before = app.statistics("big-3").await;
+    assert_eq!(before["count"], 400);
+
+    // The last measurement is bad: the whole batch is refused, nothing of it applied.
+    let mut bad_items = items.clone();
+    bad_items[19_999] = r#"{"sensor":"big-3","timestamp":"not a time","value":1.0}"#.to_owned();
+    let bad = format!("[{}]", bad_items.join(","));
+    let reply = app.post_data(bad, StatusCode::BAD_REQUEST).await;
+    let (message, index) = reply.error();
+    assert_eq!(index, 19_999, "{message}");
+    assert_eq!(app.statistics("big-3").await, before);
+    assert_eq!(app.statistics("big-49").await["count"], 400);
+}
+
 #[tokio::test]
 async fn concurrent_writers_and_a_reader_never_see_a_torn_average() {
     let app = spawn_app().await;
