@@ -181,6 +181,10 @@ pub enum RecoverMode {
     Truncate,
 }
 
+/// The largest `--body-limit` with a data dir: a batch's log record is never larger than
+/// its body, and a record must stay under the log's 1 GiB frame limit.
+pub const MAX_DURABLE_BODY_LIMIT: u64 = 512 << 20;
+
 /// Requests in flight per CPU core when `--max-in-flight` is not given.
 pub const IN_FLIGHT_PER_CORE: usize = 64;
 /// Open connections when `--max-connections` is not given and the open-file limit is higher.
@@ -269,6 +273,12 @@ impl Config {
                         redis or redis-cluster durability is Redis' own (AOF): give one or the other"
                     .to_owned(),
             );
+        }
+        if self.data_dir().is_some() && self.body_limit > MAX_DURABLE_BODY_LIMIT {
+            return Err(format!(
+                "--body-limit can be at most {MAX_DURABLE_BODY_LIMIT} bytes (512 MiB) with --data-dir: \
+                 a batch is one log record, and a record must stay under 1 GiB"
+            ));
         }
         if self.fsync_interval.is_zero() {
             return Err("--fsync-interval must be longer than 0s".to_owned());
@@ -436,6 +446,29 @@ mod tests {
             "{shown}"
         );
         assert!(Cli::try_parse_from(["sensor-stats", "--redis-url", "http://x"]).is_err());
+    }
+
+    #[test]
+    fn a_body_limit_past_512_mib_is_refused_with_a_data_dir_only() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["sensor-stats"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().config
+        };
+        let big = (MAX_DURABLE_BODY_LIMIT + 1).to_string();
+        let message = parse(&["--data-dir", "/data", "--body-limit", &big])
+            .validate()
+            .unwrap_err();
+        assert!(
+            message.contains("--body-limit") && message.contains("--data-dir"),
+            "{message}"
+        );
+        let most = MAX_DURABLE_BODY_LIMIT.to_string();
+        assert_eq!(
+            parse(&["--data-dir", "/data", "--body-limit", &most]).validate(),
+            Ok(())
+        );
+        assert_eq!(parse(&["--body-limit", &big]).validate(), Ok(()));
     }
 
     #[test]

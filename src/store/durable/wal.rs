@@ -45,6 +45,8 @@ use crate::{
     telemetry::LogSampler,
 };
 
+/// A group stops taking queued entries past this many bytes (one large entry goes alone).
+const MAX_GROUP_BYTES: usize = 8 << 20;
 /// How often a new segment may be tried after the disk refused one.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -165,10 +167,13 @@ pub(super) struct Committer {
     errors: LogSampler,
     /// `--fsync interval`: the frame of the entry being written.
     frame: Vec<u8>,
-    /// `--fsync always`: the next group's frame (header space, then the entries of
-    /// `queued`), taken whole by the fsync thread.
-    queued_frame: Vec<u8>,
+    /// `--fsync always`: entries waiting for the fsync thread to take them, in log order.
     queued: Vec<Pending>,
+    /// The frame buffer groups are written from, kept between groups.
+    spare_frame: Vec<u8>,
+    /// Rotations and stops waiting to settle the log: the fsync thread takes no new
+    /// group meanwhile (under sustained load it would otherwise always have one).
+    settle_wanted: usize,
     /// The fsync thread is writing and fsyncing a group outside the lock.
     in_flight: bool,
     /// `--max-sensors`: what the entries not yet applied will add and remove.
@@ -207,8 +212,14 @@ struct Outcome {
 }
 
 impl Group {
-    /// Writes the frame (one `write`) and fsyncs it; needs no lock.
+    /// Builds the frame of the entries, writes it (one `write`) and fsyncs it; needs no
+    /// lock.
     fn write_and_sync(&mut self) -> Outcome {
+        self.frame.clear();
+        self.frame.resize(codec::FRAME_HEADER_LEN, 0);
+        for p in &self.entries {
+            self.frame.extend_from_slice(&p.bytes);
+        }
         let header = codec::frame_header(&self.frame[codec::FRAME_HEADER_LEN..]);
         self.frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
         let written = if self.fail_writes {
@@ -249,8 +260,9 @@ impl Log {
             shared,
             errors: LogSampler::new(Duration::from_secs(1)),
             frame: Vec::new(),
-            queued_frame: Vec::new(),
             queued: Vec::new(),
+            spare_frame: Vec::new(),
+            settle_wanted: 0,
             in_flight: false,
             cap: CapCount::default(),
             thread_waiting: false,
@@ -309,9 +321,11 @@ impl Log {
 
     /// Ends the snapshot: hands over the before-images and stops copy-on-write.
     pub(super) fn end_snapshot(&self) -> HashMap<Box<str>, Delta> {
-        let Some(mut this) = self.lock() else {
-            return HashMap::new();
-        };
+        // The before-images are whole even after a panic elsewhere under the lock.
+        let mut this = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         this.cow.generation = 0;
         std::mem::take(&mut this.cow.before)
     }
@@ -331,14 +345,18 @@ impl Log {
     /// Waits for the group in flight, then writes, fsyncs and applies what is queued and
     /// fsyncs what interval mode wrote, all under the lock. `None`: the lock is poisoned.
     fn settle<'a>(&'a self, mut this: MutexGuard<'a, Committer>) -> Option<MutexGuard<'a, Committer>> {
+        this.settle_wanted += 1;
         while this.in_flight {
             this = self.idle.wait(this).ok()?;
         }
-        if let Some(mut group) = this.take_group() {
+        while let Some(mut group) = this.take_group() {
             let outcome = group.write_and_sync();
             this.land(group, outcome);
         }
         this.sync_if_dirty();
+        this.settle_wanted -= 1;
+        // The fsync thread may have stopped taking groups for this settle.
+        self.work.notify_all();
         Some(this)
     }
 
@@ -354,14 +372,17 @@ impl Log {
         let interval = this.settings.fsync_interval;
         let always = this.settings.fsync == FsyncMode::Always;
         loop {
-            if always && let Some(mut group) = this.take_group() {
+            if always
+                && this.settle_wanted == 0
+                && let Some(mut group) = this.take_group()
+            {
                 this.in_flight = true;
                 drop(this);
                 let outcome = group.write_and_sync();
-                let Some(guard) = self.lock() else {
-                    return;
+                this = match self.state.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => return self.abandon(poisoned.into_inner(), Some(group)),
                 };
-                this = guard;
                 this.in_flight = false;
                 self.idle.notify_all();
                 this.land(group, outcome);
@@ -385,11 +406,31 @@ impl Log {
                 self.work.wait_timeout(this, left).ok().map(|(guard, _)| guard)
             };
             let Some(guard) = waited else {
+                if let Err(poisoned) = self.state.lock() {
+                    self.abandon(poisoned.into_inner(), None);
+                }
                 return;
             };
             this = guard;
             this.thread_waiting = false;
         }
+    }
+
+    /// After a panic while the lock was held: memory may not match the log, so nothing
+    /// more is written. Answers the group in flight and every queued entry 503 (giving
+    /// their claims back), wakes a waiting rotation or stop, and lets the thread exit.
+    fn abandon(&self, mut this: MutexGuard<'_, Committer>, group: Option<Group>) {
+        const MESSAGE: &str = "the log writer has failed";
+        this.in_flight = false;
+        this.stopped = true;
+        this.exit = true;
+        if let Some(group) = group {
+            this.fail(group.entries, MESSAGE, true);
+        }
+        let queued = std::mem::take(&mut this.queued);
+        this.fail(queued, MESSAGE, false);
+        drop(this);
+        self.idle.notify_all();
     }
 
     /// Interval mode: fsyncs what is written so far without holding the lock (writers go
@@ -446,22 +487,33 @@ impl Committer {
         let Some(pending) = self.admitted(pending) else {
             return false;
         };
-        if self.queued_frame.is_empty() {
-            self.queued_frame.resize(codec::FRAME_HEADER_LEN, 0);
-        }
-        self.queued_frame.extend_from_slice(&pending.bytes);
         self.queued.push(pending);
         true
     }
 
-    /// Always mode: everything queued, as one group for the current segment (opened
-    /// again after a failure, or the group fails at once).
+    /// Always mode: the queued entries, up to [`MAX_GROUP_BYTES`] (at least one), as one
+    /// group for the current segment (opened again after a failure, or the group fails
+    /// at once).
     fn take_group(&mut self) -> Option<Group> {
         if self.queued.is_empty() {
             return None;
         }
-        let entries = std::mem::take(&mut self.queued);
-        let frame = std::mem::take(&mut self.queued_frame);
+        let mut bytes = 0;
+        let taken = self
+            .queued
+            .iter()
+            .take_while(|p| {
+                bytes += p.bytes.len();
+                bytes <= MAX_GROUP_BYTES
+            })
+            .count()
+            .max(1);
+        let entries: Vec<Pending> = if taken == self.queued.len() {
+            std::mem::take(&mut self.queued)
+        } else {
+            self.queued.drain(..taken).collect()
+        };
+        let frame = std::mem::take(&mut self.spare_frame);
         if self.segment.is_none()
             && let Err(message) = self.reopen()
         {
@@ -491,7 +543,8 @@ impl Committer {
             ..
         } = group;
         let Some(segment) = self.segment.as_mut() else {
-            return self.fail(entries, "the log segment was closed", true);
+            self.fail(entries, "the log segment was closed", true);
+            return self.recount_cap();
         };
         if let Err(e) = outcome.written {
             // Cut back whatever part of the frame reached the file.
@@ -516,10 +569,9 @@ impl Committer {
         self.last_sync = Instant::now();
         self.metrics.flush(entries.len());
         self.apply(entries.into_iter());
-        // Give the buffer back when the next group has not started one.
-        if self.queued_frame.is_empty() {
-            self.queued_frame = frame;
-            self.queued_frame.clear();
+        // The buffer serves the next group, unless this one was exceptionally large.
+        if frame.capacity() <= 2 * MAX_GROUP_BYTES {
+            self.spare_frame = frame;
         }
     }
 
