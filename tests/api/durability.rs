@@ -644,6 +644,34 @@ async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_
     );
 }
 
+/// `--fsync interval`: a write is answered without an fsync of its own (with an
+/// interval of an hour, none happens while 20 writes are answered and applied).
+#[tokio::test]
+async fn fsync_interval_answers_writes_without_fsyncing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let app = spawn_app_on(None, move |c| {
+        c.data_dir = Some(path);
+        c.fsync = FsyncMode::Interval;
+        c.fsync_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let fsyncs = || async {
+        let reply = app
+            .request(Method::GET, "/metrics", &[], "", StatusCode::OK)
+            .await;
+        let text = String::from_utf8(reply.body).unwrap();
+        metric(&text, "sensor_stats_wal_fsync_duration_seconds_count").unwrap_or(0.0)
+    };
+    let before = fsyncs().await;
+    for i in 0..20 {
+        let body = format!("[{}]", measurement("quick", "2021-01-01T00:00:00Z", f64::from(i)));
+        app.post_data(body, StatusCode::NO_CONTENT).await;
+    }
+    assert_eq!(app.statistics("quick").await["count"], 20);
+    assert_eq!(fsyncs().await, before, "a write was fsynced before its answer");
+}
+
 /// `--fsync interval`: requests are answered before any fsync, and the log thread
 /// fsyncs what they wrote within the interval, without a request to wake it.
 #[tokio::test]
