@@ -44,6 +44,9 @@
 
 #![allow(missing_docs, clippy::print_stdout)]
 
+#[path = "support/client.rs"]
+mod client;
+
 use std::{
     cell::RefCell,
     net::{SocketAddr, TcpListener as StdListener},
@@ -54,12 +57,10 @@ use std::{
 
 use bytes::Bytes;
 use clap::Parser;
+use client::{Client, free_port};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, StatusCode, client::conn::http1};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use sensor_stats::workload;
-use tokio::net::TcpStream;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -212,14 +213,6 @@ impl Drop for RedisProc {
     }
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// User + system CPU seconds of process `pid` so far.
 fn cpu_seconds_of(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -331,7 +324,7 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = Client::connect(server.addr).await
+            if let Ok(mut c) = connect(server.addr).await
                 && c.get("/healthz").await.0 == StatusCode::NO_CONTENT
             {
                 return server;
@@ -377,57 +370,9 @@ impl Drop for Server {
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Client {
-    sender: http1::SendRequest<Full<Bytes>>,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::task::spawn_local(async move {
-            let _ = conn.await;
-        });
-        Ok(Self { sender })
-    }
-
-    async fn send(&mut self, mut req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
-        if let Some(auth) = bearer() {
-            req.headers_mut().insert(hyper::header::AUTHORIZATION, auth);
-        }
-        self.sender.ready().await.expect("connection usable");
-        let resp = self.sender.send_request(req).await.expect("response");
-        let status = resp.status();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, body)
-    }
-
-    async fn post(&mut self, body: Bytes) -> StatusCode {
-        let req = Request::post("/data")
-            .header("host", "loadtest")
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .unwrap();
-        self.send(req).await.0
-    }
-
-    async fn get(&mut self, path: &str) -> (StatusCode, Bytes) {
-        let req = Request::get(path)
-            .header("host", "loadtest")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        self.send(req).await
-    }
-
-    async fn count(&mut self, sensor: &str) -> u64 {
-        let (status, body) = self.get(&format!("/statistics/{sensor}")).await;
-        assert_eq!(status, StatusCode::OK);
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        json["count"].as_u64().unwrap()
-    }
+/// A client connection, sending the `+keys` stores' bearer token when there is one.
+async fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+    Client::connect_with(addr, bearer()).await
 }
 
 /// What the workers of one kind saw during the measured window.
@@ -480,7 +425,7 @@ async fn worker(
     tally: Rc<RefCell<Tally>>,
     acked: Rc<RefCell<u64>>,
 ) {
-    let mut client = Client::connect(addr).await.expect("connect");
+    let mut client = connect(addr).await.expect("connect");
     let mut i = 0usize;
     while Instant::now() < window.until {
         let started = Instant::now();
@@ -608,7 +553,7 @@ async fn run_mix(
 
 /// The server's `/metrics` text.
 async fn scrape(server: &Server) -> String {
-    let mut c = Client::connect(server.addr).await.unwrap();
+    let mut c = connect(server.addr).await.unwrap();
     let (_, metrics) = c.get("/metrics").await;
     String::from_utf8_lossy(&metrics).into_owned()
 }
@@ -658,7 +603,7 @@ async fn with_store_costs(mut row: Row, server: &Server, redis_cpu: f64) -> Row 
 }
 
 async fn verify(server: &Server, sensors: &[String], acked: u64, preloaded: u64) -> String {
-    let mut client = Client::connect(server.addr).await.unwrap();
+    let mut client = connect(server.addr).await.unwrap();
     let mut counted = 0;
     for s in sensors {
         counted += client.count(s).await;
@@ -706,7 +651,7 @@ async fn post_workload(
 
 async fn w3(args: &Args) -> Row {
     let server = Server::start(args).await;
-    let mut c = Client::connect(server.addr).await.unwrap();
+    let mut c = connect(server.addr).await.unwrap();
     assert_eq!(
         c.post(Bytes::from(workload::batch(1000, 100, 1))).await,
         StatusCode::NO_CONTENT
@@ -733,7 +678,6 @@ async fn w3(args: &Args) -> Row {
 }
 
 async fn w4(args: &Args) -> Row {
-    let server = Server::start(args).await;
     let post = Job::Post {
         bodies: bodies(16, 100, 10),
         per_body: 100,
@@ -742,12 +686,13 @@ async fn w4(args: &Args) -> Row {
         sensors: ids(10),
         paced_by: Some((Rc::default(), 9)),
     };
-    let (tallies, acked, cpu, redis_cpu) = run_mix(args, &server, vec![(post, 16), (get, 4)]).await;
-    let verified = verify(&server, &ids(10), acked, 0).await;
-    let secs = args.duration.as_secs_f64();
-    let row = {
-        let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
-        Row {
+    mixed(
+        args,
+        "W4 mixed: 90% POST 100x10 hot, 10% GET",
+        (post, 16),
+        (get, 4),
+        10,
+        |row, p, g, secs| Row {
             requests_per_s: (p.requests + g.requests) as f64 / secs,
             extra: format!(
                 "GET p50 {:.2} ms, p99 {:.2} ms; {:.1}% GET",
@@ -755,22 +700,13 @@ async fn w4(args: &Args) -> Row {
                 g.percentile(0.99),
                 100.0 * g.requests as f64 / (p.requests + g.requests).max(1) as f64
             ),
-            ..Row::from_tally(
-                "W4 mixed: 90% POST 100x10 hot, 10% GET",
-                "16+4",
-                &p,
-                args,
-                cpu,
-                &server,
-                verified,
-            )
-        }
-    };
-    with_store_costs(row, &server, redis_cpu).await
+            ..row
+        },
+    )
+    .await
 }
 
 async fn w5(args: &Args) -> Row {
-    let server = Server::start(args).await;
     let post = Job::Post {
         bodies: bodies(2, 100_000, 100),
         per_body: 100_000,
@@ -779,12 +715,13 @@ async fn w5(args: &Args) -> Row {
         sensors: ids(100),
         paced_by: None,
     };
-    let (tallies, acked, cpu, redis_cpu) = run_mix(args, &server, vec![(post, 2), (get, 8)]).await;
-    let verified = verify(&server, &ids(100), acked, 0).await;
-    let secs = args.duration.as_secs_f64();
-    let row = {
-        let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
-        Row {
+    mixed(
+        args,
+        "W5 POST 100k x 100 sensors + GETs",
+        (post, 2),
+        (get, 8),
+        100,
+        |row, _, g, secs| Row {
             extra: format!(
                 "GET {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 g.requests as f64 / secs,
@@ -792,16 +729,31 @@ async fn w5(args: &Args) -> Row {
                 g.percentile(0.99),
                 g.percentile(1.0)
             ),
-            ..Row::from_tally(
-                "W5 POST 100k x 100 sensors + GETs",
-                "2+8",
-                &p,
-                args,
-                cpu,
-                &server,
-                verified,
-            )
-        }
+            ..row
+        },
+    )
+    .await
+}
+
+/// POSTs and GETs of the first `sensors` ids side by side on a fresh server: the row is
+/// the POSTs', which `finish` completes from both tallies and the measured seconds.
+async fn mixed(
+    args: &Args,
+    name: &'static str,
+    (post, posters): (Job, usize),
+    (get, getters): (Job, usize),
+    sensors: usize,
+    finish: impl FnOnce(Row, &Tally, &Tally, f64) -> Row,
+) -> Row {
+    let server = Server::start(args).await;
+    let (tallies, acked, cpu, redis_cpu) =
+        run_mix(args, &server, vec![(post, posters), (get, getters)]).await;
+    let verified = verify(&server, &ids(sensors), acked, 0).await;
+    let row = {
+        let (p, g) = (tallies[0].borrow(), tallies[1].borrow());
+        let connections = format!("{posters}+{getters}");
+        let row = Row::from_tally(name, &connections, &p, args, cpu, &server, verified);
+        finish(row, &p, &g, args.duration.as_secs_f64())
     };
     with_store_costs(row, &server, redis_cpu).await
 }
@@ -872,7 +824,7 @@ async fn snapshots_under_w1(args: &Args) -> Row {
         "the snap workload needs --stores durable or durable-interval"
     );
     let server = Server::start_with(args, &["--snapshot-interval", "2s"]).await;
-    let mut c = Client::connect(server.addr).await.unwrap();
+    let mut c = connect(server.addr).await.unwrap();
     fill(&mut c, 1_000_000, 10_000).await;
     // Wait for a snapshot that holds all of them before measuring.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -924,7 +876,7 @@ async fn memory(args: &Args) -> Row {
     const SENSORS: usize = 1_000_000;
     const PER_BATCH: usize = 10_000;
     let server = Server::start(args).await;
-    let mut c = Client::connect(server.addr).await.unwrap();
+    let mut c = connect(server.addr).await.unwrap();
     // Warm the allocator, the connection and the parser's per-thread buffers with a batch
     // as large as the measured ones, of 10k other sensors (they exist before the "before"
     // reading, so they do not count): per-request buffers are not per-sensor memory.

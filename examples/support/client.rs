@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, StatusCode, client::conn::http1};
+use hyper::{Request, StatusCode, client::conn::http1, header::HeaderValue};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -24,11 +24,21 @@ pub(crate) fn free_port() -> u16 {
 /// One keep-alive HTTP/1.1 connection.
 pub(crate) struct Client {
     sender: http1::SendRequest<Full<Bytes>>,
+    /// Sent as `authorization` with every request (the load test's `+keys` stores).
+    authorization: Option<HeaderValue>,
 }
 
 impl Client {
     /// Connects; the connection task runs on the current `LocalSet`.
     pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::connect_with(addr, None).await
+    }
+
+    /// [`Client::connect`], sending `authorization` with every request when given.
+    pub(crate) async fn connect_with(
+        addr: SocketAddr,
+        authorization: Option<HeaderValue>,
+    ) -> std::io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -37,11 +47,18 @@ impl Client {
         tokio::task::spawn_local(async move {
             let _ = conn.await;
         });
-        Ok(Self { sender })
+        Ok(Self {
+            sender,
+            authorization,
+        })
     }
 
     /// Sends one request and reads the whole answer.
-    pub(crate) async fn send(&mut self, req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
+    pub(crate) async fn send(&mut self, mut req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
+        if let Some(value) = &self.authorization {
+            req.headers_mut()
+                .insert(hyper::header::AUTHORIZATION, value.clone());
+        }
         self.sender.ready().await.expect("connection usable");
         let resp = self.sender.send_request(req).await.expect("response");
         let status = resp.status();

@@ -22,7 +22,7 @@ use sensor_stats::{
     store::Store,
 };
 
-use crate::helpers::{eventually, free_port, measurement, metric, spawn_app_on};
+use crate::helpers::{TestApp, eventually, free_port, measurement, metric, spawn_app_on};
 
 /// The real server binary on a free port over `dir`, logging JSON to a captured stdout.
 struct Server {
@@ -644,6 +644,23 @@ async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_
     );
 }
 
+/// How many log fsyncs the app's `/metrics` reports so far.
+async fn fsyncs(app: &TestApp) -> f64 {
+    let reply = app
+        .request(Method::GET, "/metrics", &[], "", StatusCode::OK)
+        .await;
+    let text = String::from_utf8(reply.body).unwrap();
+    metric(&text, "sensor_stats_wal_fsync_duration_seconds_count").unwrap_or(0.0)
+}
+
+/// Posts `n` batches of one measurement of `sensor`, one after the other; each 204.
+async fn post_one_by_one(app: &TestApp, sensor: &str, n: u32) {
+    for i in 0..n {
+        let body = format!("[{}]", measurement(sensor, "2021-01-01T00:00:00Z", f64::from(i)));
+        app.post_data(body, StatusCode::NO_CONTENT).await;
+    }
+}
+
 /// `--fsync interval`: a write is answered without an fsync of its own (with an
 /// interval of an hour, none happens while 20 writes are answered and applied).
 #[tokio::test]
@@ -656,20 +673,14 @@ async fn fsync_interval_answers_writes_without_fsyncing_them() {
         c.fsync_interval = Duration::from_secs(3600);
     })
     .await;
-    let fsyncs = || async {
-        let reply = app
-            .request(Method::GET, "/metrics", &[], "", StatusCode::OK)
-            .await;
-        let text = String::from_utf8(reply.body).unwrap();
-        metric(&text, "sensor_stats_wal_fsync_duration_seconds_count").unwrap_or(0.0)
-    };
-    let before = fsyncs().await;
-    for i in 0..20 {
-        let body = format!("[{}]", measurement("quick", "2021-01-01T00:00:00Z", f64::from(i)));
-        app.post_data(body, StatusCode::NO_CONTENT).await;
-    }
+    let before = fsyncs(&app).await;
+    post_one_by_one(&app, "quick", 20).await;
     assert_eq!(app.statistics("quick").await["count"], 20);
-    assert_eq!(fsyncs().await, before, "a write was fsynced before its answer");
+    assert_eq!(
+        fsyncs(&app).await,
+        before,
+        "a write was fsynced before its answer"
+    );
 }
 
 /// `--fsync interval`: requests are answered before any fsync, and the log thread
@@ -684,22 +695,12 @@ async fn fsync_interval_answers_at_once_and_fsyncs_on_its_timer() {
         c.fsync_interval = Duration::from_millis(100);
     })
     .await;
-    let fsyncs = || async {
-        let reply = app
-            .request(Method::GET, "/metrics", &[], "", StatusCode::OK)
-            .await;
-        let text = String::from_utf8(reply.body).unwrap();
-        metric(&text, "sensor_stats_wal_fsync_duration_seconds_count").unwrap_or(0.0)
-    };
-    let before = fsyncs().await;
-    for i in 0..20 {
-        let body = format!("[{}]", measurement("tick", "2021-01-01T00:00:00Z", f64::from(i)));
-        app.post_data(body, StatusCode::NO_CONTENT).await;
-    }
+    let before = fsyncs(&app).await;
+    post_one_by_one(&app, "tick", 20).await;
     assert_eq!(app.statistics("tick").await["count"], 20);
     // Nothing else is sent: only the timer can make the fsync happen.
     eventually(Duration::from_secs(5), "an fsync of the written log", || async {
-        fsyncs().await > before
+        fsyncs(&app).await > before
     })
     .await;
 }

@@ -165,11 +165,9 @@ pub(super) struct Committer {
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     errors: LogSampler,
-    /// `--fsync interval`: the frame of the entry being written.
-    frame: Vec<u8>,
     /// `--fsync always`: entries waiting for the fsync thread to take them, in log order.
     queued: Vec<Pending>,
-    /// The frame buffer groups are written from, kept between groups.
+    /// The frame buffer, kept between writes (with `--fsync always` lent to each group).
     spare_frame: Vec<u8>,
     /// Rotations and stops waiting to settle the log: the fsync thread takes no new
     /// group meanwhile (under sustained load it would otherwise always have one).
@@ -215,18 +213,8 @@ impl Group {
     /// Builds the frame of the entries, writes it (one `write`) and fsyncs it; needs no
     /// lock.
     fn write_and_sync(&mut self) -> Outcome {
-        self.frame.clear();
-        self.frame.resize(codec::FRAME_HEADER_LEN, 0);
-        for p in &self.entries {
-            self.frame.extend_from_slice(&p.bytes);
-        }
-        let header = codec::frame_header(&self.frame[codec::FRAME_HEADER_LEN..]);
-        self.frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
-        let written = if self.fail_writes {
-            Err(io::Error::other("write refused (injected failure)"))
-        } else {
-            (&*self.file).write_all(&self.frame)
-        };
+        build_frame(&mut self.frame, &self.entries);
+        let written = write_frame(&self.file, &self.frame, self.fail_writes);
         let synced = written.is_ok().then(|| timed_sync(&self.file, &self.metrics));
         Outcome { written, synced }
     }
@@ -259,7 +247,6 @@ impl Log {
             metrics,
             shared,
             errors: LogSampler::new(Duration::from_secs(1)),
-            frame: Vec::new(),
             queued: Vec::new(),
             spare_frame: Vec::new(),
             settle_wanted: 0,
@@ -547,16 +534,7 @@ impl Committer {
             return self.recount_cap();
         };
         if let Err(e) = outcome.written {
-            // Cut back whatever part of the frame reached the file.
-            let undone = segment
-                .file
-                .set_len(start)
-                .and_then(|()| segment.file.sync_data());
-            if let Err(undo) = undone {
-                self.poison(&undo);
-            }
-            self.fail(entries, &format!("the log cannot be written: {e}"), false);
-            return self.recount_cap();
+            return self.undo_write(start, entries, &e);
         }
         segment.len = start + frame.len() as u64;
         self.metrics.wal_bytes(frame.len());
@@ -586,35 +564,35 @@ impl Committer {
             self.fail(vec![pending], &message, false);
             return self.recount_cap();
         }
-        self.frame.clear();
-        self.frame.resize(codec::FRAME_HEADER_LEN, 0);
-        self.frame.extend_from_slice(&pending.bytes);
-        let header = codec::frame_header(&self.frame[codec::FRAME_HEADER_LEN..]);
-        self.frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
-
+        build_frame(&mut self.spare_frame, std::slice::from_ref(&pending));
         let fail_writes = self.shared.fail_writes.load(Ordering::Relaxed);
         let segment = self.segment.as_mut().expect("opened above");
-        let written = if fail_writes {
-            Err(io::Error::other("write refused (injected failure)"))
-        } else {
-            (&*segment.file).write_all(&self.frame)
-        };
-        if let Err(e) = written {
-            // Cut back whatever part of the frame reached the file.
+        let start = segment.len;
+        if let Err(e) = write_frame(&segment.file, &self.spare_frame, fail_writes) {
+            return self.undo_write(start, vec![pending], &e);
+        }
+        let len = self.spare_frame.len();
+        segment.len += len as u64;
+        self.metrics.wal_bytes(len);
+        self.metrics.flush(1);
+        self.apply(std::iter::once(pending));
+    }
+
+    /// After a failed `write` of the frame that began at `start`: cuts back whatever part
+    /// of it reached the file (a failed cut closes the segment) and answers `entries`
+    /// 503 with nothing applied.
+    fn undo_write(&mut self, start: u64, entries: Vec<Pending>, e: &io::Error) {
+        if let Some(segment) = &self.segment {
             let undone = segment
                 .file
-                .set_len(segment.len)
+                .set_len(start)
                 .and_then(|()| segment.file.sync_data());
             if let Err(undo) = undone {
                 self.poison(&undo);
             }
-            self.fail(vec![pending], &format!("the log cannot be written: {e}"), false);
-            return self.recount_cap();
         }
-        segment.len += self.frame.len() as u64;
-        self.metrics.wal_bytes(self.frame.len());
-        self.metrics.flush(1);
-        self.apply(std::iter::once(pending));
+        self.fail(entries, &format!("the log cannot be written: {e}"), false);
+        self.recount_cap();
     }
 
     /// Applies the entries to memory in order and answers them.
@@ -785,6 +763,26 @@ impl CapCount {
         }
         true
     }
+}
+
+/// Makes `frame` one log frame of the entries: the header, then their bytes in order.
+fn build_frame(frame: &mut Vec<u8>, entries: &[Pending]) {
+    frame.clear();
+    frame.resize(codec::FRAME_HEADER_LEN, 0);
+    for p in entries {
+        frame.extend_from_slice(&p.bytes);
+    }
+    let header = codec::frame_header(&frame[codec::FRAME_HEADER_LEN..]);
+    frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
+}
+
+/// Writes a whole frame (one `write` on the append-only file); with `fail` (tests), fails
+/// as a full or broken disk would.
+fn write_frame(file: &File, frame: &[u8], fail: bool) -> io::Result<()> {
+    if fail {
+        return Err(io::Error::other("write refused (injected failure)"));
+    }
+    (&*file).write_all(frame)
 }
 
 fn timed_sync(file: &File, metrics: &Metrics) -> io::Result<()> {
