@@ -812,14 +812,20 @@ fn describe(r: &PrometheusRecorder) {
             FLUSH_REQUESTS,
             Unit::Count,
             "Requests carried by one group-commit flush to the store (a Redis script call, or \
-             one write of the durable log).",
+             one fsync of the durable log: a group commit with --fsync always, the writes of \
+             one interval with --fsync interval).",
         ),
         (
             WAL_FSYNC_DURATION,
             Unit::Seconds,
             "Latency of one fsync of the durable store's write-ahead log.",
         ),
-        (WAL_BYTES, Unit::Bytes, "Bytes written to the write-ahead log."),
+        (
+            WAL_BYTES,
+            Unit::Bytes,
+            "Bytes written to the write-ahead log (with --fsync interval, counted as the fsync \
+             that covers them begins).",
+        ),
         (
             WAL_ERRORS,
             Unit::Count,

@@ -703,6 +703,22 @@ async fn fsync_interval_answers_at_once_and_fsyncs_on_its_timer() {
         fsyncs(&app).await > before
     })
     .await;
+    // The writes are counted once per fsync that covers them, not once per request.
+    let reply = app
+        .request(Method::GET, "/metrics", &[], "", StatusCode::OK)
+        .await;
+    let text = String::from_utf8(reply.body).unwrap();
+    let flushed = metric(&text, "sensor_stats_store_flush_requests_sum").unwrap();
+    let flushes = metric(&text, "sensor_stats_store_flush_requests_count").unwrap();
+    let synced = metric(&text, "sensor_stats_wal_fsync_duration_seconds_count").unwrap();
+    let bytes = metric(&text, "sensor_stats_wal_written_bytes_total").unwrap();
+    assert_eq!(flushed, 20.0, "every write in exactly one fsync: {text}");
+    assert!(
+        flushes >= 1.0 && flushes <= synced,
+        "{flushes} flushes, {synced} fsyncs"
+    );
+    assert!(flushes < 20.0, "one flush per request: {text}");
+    assert!(bytes >= 20.0 * 40.0, "{bytes} log bytes for 20 records");
 }
 
 /// `--fsync always` under concurrent writers, with snapshots cutting the log every 20 ms
