@@ -328,8 +328,10 @@ async fn sigkill_rounds(mode: &str, rounds: u64) {
     );
 }
 
-/// A data dir written by the binary and killed: a segment with one frame per request.
-async fn three_record_log() -> (tempfile::TempDir, PathBuf, Vec<usize>) {
+/// A data dir written by the binary and killed: a segment with one frame per request,
+/// their starts, and where the last one ends (`--fsync always` reserved the blocks after
+/// it: they read as zeros).
+async fn three_record_log() -> (tempfile::TempDir, PathBuf, Vec<usize>, usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::spawn(dir.path(), &[]);
     server.wait_ready().await;
@@ -343,14 +345,17 @@ async fn three_record_log() -> (tempfile::TempDir, PathBuf, Vec<usize>) {
     // Frames after the 32-byte header: magic, u32 length, u32 checksum, payload.
     let mut starts = Vec::new();
     let mut pos = 32;
-    while pos < bytes.len() {
+    while pos < bytes.len() && bytes[pos..pos + 4] != [0; 4] {
         starts.push(pos);
         let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
         pos += 12 + len;
     }
-    assert_eq!(pos, bytes.len());
+    assert!(
+        bytes[pos..].iter().all(|&b| b == 0),
+        "only zeros after the frames"
+    );
     assert_eq!(starts.len(), 3, "one frame per sequential request");
-    (dir, segment, starts)
+    (dir, segment, starts, pos)
 }
 
 fn newest_segment(dir: &Path) -> PathBuf {
@@ -374,25 +379,32 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test]
 async fn a_log_torn_at_every_byte_of_its_last_record_starts_with_every_complete_record() {
-    let (dir, segment, starts) = three_record_log().await;
-    let full = std::fs::metadata(&segment).unwrap().len() as usize;
+    let (dir, segment, starts, full) = three_record_log().await;
     let name = segment.file_name().unwrap().to_owned();
-    for cut in starts[2]..=full {
+    let original = std::fs::read(&segment).unwrap();
+    // Torn two ways: the file ends mid-record (appended), or the rest of the record is
+    // zeros up to the reserved end of the file (preallocated).
+    for (cut, zeroed) in (starts[2]..=full).flat_map(|cut| [(cut, false), (cut, true)]) {
         let copy = tempfile::tempdir().unwrap();
         copy_dir(dir.path(), copy.path());
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(copy.path().join(&name))
-            .unwrap();
-        file.set_len(cut as u64).unwrap();
-        drop(file);
+        let path = copy.path().join(&name);
+        if zeroed {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[cut..full].fill(0);
+            std::fs::write(&path, bytes).unwrap();
+        } else {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(cut as u64).unwrap();
+        }
         let path = copy.path().to_owned();
         let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
-        for (sensor, count) in [("a", 1), ("b", 1), ("c", u64::from(cut == full))] {
+        // Zeroing bytes that were zeros already leaves the record whole.
+        let whole = cut == full || (zeroed && original[cut..full].iter().all(|&b| b == 0));
+        for (sensor, count) in [("a", 1), ("b", 1), ("c", u64::from(whole))] {
             assert_eq!(
                 app.statistics(sensor).await["count"],
                 count,
-                "cut at {cut}: {sensor}"
+                "cut at {cut} (zeroed: {zeroed}): {sensor}"
             );
         }
         app.trigger_shutdown();
@@ -401,8 +413,38 @@ async fn a_log_torn_at_every_byte_of_its_last_record_starts_with_every_complete_
 }
 
 #[tokio::test]
+async fn fsync_always_reserves_log_blocks_ahead_and_a_restart_reads_their_zeros_as_the_end() {
+    let (dir, segment, _, end) = three_record_log().await;
+    let reserved = std::fs::metadata(&segment).unwrap().len();
+    assert_eq!(reserved, 16 << 20, "one 16 MiB reservation, frames end at {end}");
+    let mut server = Server::spawn(dir.path(), &[]);
+    server.wait_ready().await;
+    for sensor in ["a", "b", "c"] {
+        assert_eq!(server.stats(sensor).await.0, 1, "{sensor}");
+    }
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).await.success());
+    let logged = server.stdout.lock().unwrap().join("\n");
+    assert!(
+        !logged.contains("torn") && !logged.contains("ignored"),
+        "{logged}"
+    );
+
+    // `--fsync interval` appends: the file is as long as what it holds.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(dir.path(), &["--fsync", "interval"]);
+    server.wait_ready().await;
+    let body = format!("[{}]", measurement("a", "2021-11-08T21:38:09Z", 1.0));
+    assert_eq!(server.post(body).await, StatusCode::NO_CONTENT);
+    server.sigkill();
+    let bytes = std::fs::read(newest_segment(dir.path())).unwrap();
+    let len = u32::from_le_bytes(bytes[36..40].try_into().unwrap()) as usize;
+    assert_eq!(bytes.len(), 32 + 12 + len);
+}
+
+#[tokio::test]
 async fn a_flipped_byte_in_the_middle_refuses_to_start_unless_recover_truncate_keeps_the_prefix() {
-    let (dir, segment, starts) = three_record_log().await;
+    let (dir, segment, starts, _) = three_record_log().await;
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[starts[1] + 14] ^= 0x20;
     std::fs::write(&segment, &bytes).unwrap();

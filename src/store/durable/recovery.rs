@@ -1,6 +1,8 @@
 //! Start-up: reads the data dir back into memory (the newest snapshot, then the log after
 //! it) and decides what to do with damage.
 //!
+//! - Zeros where a frame should start, to the end of the file, end the log: the blocks
+//!   `--fsync always` reserved ahead and never wrote (no warning, nothing is cut).
 //! - A torn last frame of the last segment (a crash mid-write: nothing valid follows it)
 //!   was never acknowledged: it is cut off with a warning.
 //! - Bytes of a segment past the length the next segment's header records were written
@@ -332,7 +334,8 @@ fn replay_segment(
             ));
         }
         Some(b) => {
-            if (b as usize) < bytes.len() {
+            // Zeros past the bound are reserved blocks, not writes.
+            if bytes[b as usize..].iter().any(|&byte| byte != 0) {
                 tracing::warn!(
                     file = %path.display(),
                     offset = b,
@@ -363,6 +366,14 @@ fn replay_segment(
             FrameCheck::Incomplete => "frame cut short".to_owned(),
             FrameCheck::Damaged => "frame checksum mismatch".to_owned(),
         };
+        // Blocks reserved ahead and never written: the end of the log, unless a later
+        // segment says this one holds more.
+        if bound.is_none() && window.iter().all(|&byte| byte == 0) {
+            return Ok(Replayed::Whole {
+                frames,
+                valid_len: pos as u64,
+            });
+        }
         let torn = is_last && codec::any_valid_frame(&window[1..]).is_none();
         if torn {
             tracing::warn!(

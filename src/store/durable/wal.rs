@@ -11,6 +11,15 @@
 //! its waiters once per fsync. Either way memory is applied in log order, only after the
 //! entry is in the log, and with `always` only after it is on disk.
 //!
+//! With `--fsync always` a segment's blocks are reserved ahead of the writes
+//! ([`PREALLOCATE`] at a time, `fallocate(2)`): a frame written inside them leaves the
+//! file's size alone, so the `fdatasync` that follows has no size to commit to the
+//! filesystem journal (measured on ext4: a third less time and CPU per fsync). The
+//! reserved rest of a segment reads as zeros, which recovery takes as the end of the log.
+//! Reserving is best effort: where the filesystem refuses (full, or no `fallocate`), the
+//! segment grows by appending, as with `--fsync interval`, whose one fsync a second gains
+//! nothing from it.
+//!
 //! A failed `write` is undone (the file is cut back to its last frame) and its request
 //! gets 503 with nothing applied. A failed `fsync` is fatal for the segment (after one,
 //! the kernel may have dropped the pages and cleared the error, so a retry proves
@@ -22,7 +31,8 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::{File, OpenOptions},
-    io::{self, Write as _},
+    io,
+    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
@@ -47,6 +57,8 @@ use crate::{
 
 /// A group stops taking queued entries past this many bytes (one large entry goes alone).
 const MAX_GROUP_BYTES: usize = 8 << 20;
+/// `--fsync always`: a segment's blocks are reserved this much at a time.
+pub(super) const PREALLOCATE: u64 = 16 << 20;
 /// How often a new segment may be tried after the disk refused one.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -70,14 +82,21 @@ struct Segment {
     len: u64,
     /// Bytes known to be on disk (the last successful fsync).
     durable: u64,
+    /// The file's reserved size (`--fsync always`); frames written below it do not change
+    /// the file's size.
+    allocated: u64,
+    /// Blocks are reserved ahead of the writes; off for `--fsync interval`, and for the
+    /// rest of the segment once the filesystem refused.
+    preallocate: bool,
 }
 
 impl Segment {
-    /// Creates segment `number` whose predecessor has `prev_len` valid bytes; durable
-    /// (file and directory fsynced) when this returns.
-    fn create(dir: &Path, number: u64, prev_len: u64) -> io::Result<Self> {
+    /// Creates segment `number` whose predecessor has `prev_len` valid bytes, with its
+    /// first blocks reserved when `preallocate`; durable (file and directory fsynced) when
+    /// this returns.
+    fn create(dir: &Path, number: u64, prev_len: u64, preallocate: bool) -> io::Result<Self> {
         let path = segment_path(dir, number);
-        let mut file = OpenOptions::new().append(true).create_new(true).open(&path)?;
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
         let header = codec::encode_header(
             SEGMENT_MAGIC,
             Header {
@@ -85,19 +104,54 @@ impl Segment {
                 extra: prev_len,
             },
         );
-        let written = file.write_all(&header).and_then(|()| file.sync_all());
+        let len = codec::HEADER_LEN as u64;
+        let mut segment = Self {
+            file: Arc::new(file),
+            number,
+            len,
+            durable: len,
+            allocated: len,
+            preallocate,
+        };
+        segment.reserve(len + 1);
+        let written = segment
+            .file
+            .write_all_at(&header, 0)
+            .and_then(|()| segment.file.sync_all());
         if let Err(e) = written.and_then(|()| sync_dir(dir)) {
             // Half-made: remove it so the number can be tried again.
-            drop(file);
+            drop(segment);
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        Ok(Self {
-            file: Arc::new(file),
-            number,
-            len: codec::HEADER_LEN as u64,
-            durable: codec::HEADER_LEN as u64,
-        })
+        Ok(segment)
+    }
+
+    /// Reserves blocks up to at least `end`, [`PREALLOCATE`] at a time, when the segment
+    /// preallocates. When the filesystem refuses, the segment stops preallocating (the
+    /// frames are appended instead, and a full disk shows as a failed write).
+    fn reserve(&mut self, end: u64) {
+        if !self.preallocate || end <= self.allocated {
+            return;
+        }
+        let to = end.div_ceil(PREALLOCATE) * PREALLOCATE;
+        let reserved = rustix::fs::fallocate(
+            &*self.file,
+            rustix::fs::FallocateFlags::empty(),
+            self.allocated,
+            to - self.allocated,
+        );
+        match reserved {
+            Ok(()) => self.allocated = to,
+            Err(e) => {
+                self.preallocate = false;
+                tracing::debug!(
+                    segment = self.number,
+                    error = %e,
+                    "cannot reserve log blocks ahead: this segment grows by appending"
+                );
+            }
+        }
     }
 }
 
@@ -224,7 +278,7 @@ impl Group {
     /// lock.
     fn write_and_sync(&mut self) -> Outcome {
         build_frame(&mut self.frame, &self.entries);
-        let written = write_frame(&self.file, &self.frame, self.fail_writes);
+        let written = write_frame(&self.file, &self.frame, self.start, self.fail_writes);
         let synced = written.is_ok().then(|| timed_sync(&self.file, &self.metrics));
         Outcome { written, synced }
     }
@@ -242,7 +296,12 @@ impl Log {
         metrics: Arc<Metrics>,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
-        let segment = Segment::create(&settings.dir, settings.first_segment, settings.prev_len)?;
+        let segment = Segment::create(
+            &settings.dir,
+            settings.first_segment,
+            settings.prev_len,
+            settings.fsync == FsyncMode::Always,
+        )?;
         let committer = Committer {
             next_number: settings.first_segment + 1,
             closed: (settings.first_segment.saturating_sub(1), settings.prev_len),
@@ -520,7 +579,9 @@ impl Committer {
             self.recount_cap();
             return None;
         }
-        let segment = self.segment.as_ref().expect("opened above");
+        let frame_len = codec::FRAME_HEADER_LEN + entries.iter().map(|p| p.bytes.len()).sum::<usize>();
+        let segment = self.segment.as_mut().expect("opened above");
+        segment.reserve(segment.len + frame_len as u64);
         Some(Group {
             entries,
             frame,
@@ -580,7 +641,7 @@ impl Committer {
         let fail_writes = self.shared.fail_writes.load(Ordering::Relaxed);
         let segment = self.segment.as_mut().expect("opened above");
         let start = segment.len;
-        if let Err(e) = write_frame(&segment.file, &self.spare_frame, fail_writes) {
+        if let Err(e) = write_frame(&segment.file, &self.spare_frame, start, fail_writes) {
             return self.undo_write(start, vec![pending], &e);
         }
         let len = self.spare_frame.len();
@@ -605,11 +666,13 @@ impl Committer {
     /// of it reached the file (a failed cut closes the segment) and answers `entries`
     /// 503 with nothing applied.
     fn undo_write(&mut self, start: u64, entries: Vec<Pending>, e: &io::Error) {
-        if let Some(segment) = &self.segment {
+        if let Some(segment) = &mut self.segment {
             let undone = segment
                 .file
                 .set_len(start)
                 .and_then(|()| segment.file.sync_data());
+            // The cut also gave back the blocks reserved past `start`.
+            segment.allocated = segment.allocated.min(start);
             if let Err(undo) = undone {
                 self.poison(&undo);
             }
@@ -657,7 +720,12 @@ impl Committer {
             Some(s) => s.durable,
             None => self.closed.1,
         };
-        let next = Segment::create(&self.settings.dir, self.next_number, prev_len)?;
+        let next = Segment::create(
+            &self.settings.dir,
+            self.next_number,
+            prev_len,
+            self.preallocates(),
+        )?;
         if let Some(old) = self.segment.replace(next) {
             self.closed = (old.number, old.durable);
         }
@@ -670,6 +738,11 @@ impl Committer {
             segment: self.next_number - 1,
             generation: self.generation,
         })
+    }
+
+    /// Whether new segments reserve their blocks ahead (`--fsync always`).
+    fn preallocates(&self) -> bool {
+        self.settings.fsync == FsyncMode::Always
     }
 
     /// Closes the segment after a failed fsync: its pages may be gone, it is not used again.
@@ -693,7 +766,12 @@ impl Committer {
             return Err("the log cannot be written (retrying once a second)".to_owned());
         }
         self.last_reopen = Some(Instant::now());
-        match Segment::create(&self.settings.dir, self.next_number, self.closed.1) {
+        match Segment::create(
+            &self.settings.dir,
+            self.next_number,
+            self.closed.1,
+            self.preallocates(),
+        ) {
             Ok(segment) => {
                 tracing::info!(segment = segment.number, "log writable again: new segment opened");
                 self.segment = Some(segment);
@@ -801,13 +879,13 @@ fn build_frame(frame: &mut Vec<u8>, entries: &[Pending]) {
     frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
 }
 
-/// Writes a whole frame (one `write` on the append-only file); with `fail` (tests), fails
-/// as a full or broken disk would.
-fn write_frame(file: &File, frame: &[u8], fail: bool) -> io::Result<()> {
+/// Writes a whole frame at `offset`, the end of the log (one `pwrite`); with `fail`
+/// (tests), fails as a full or broken disk would.
+fn write_frame(file: &File, frame: &[u8], offset: u64, fail: bool) -> io::Result<()> {
     if fail {
         return Err(io::Error::other("write refused (injected failure)"));
     }
-    (&*file).write_all(frame)
+    file.write_all_at(frame, offset)
 }
 
 fn timed_sync(file: &File, metrics: &Metrics) -> io::Result<()> {
