@@ -342,20 +342,33 @@ async fn three_record_log() -> (tempfile::TempDir, PathBuf, Vec<usize>, usize) {
     server.sigkill();
     let segment = newest_segment(dir.path());
     let bytes = std::fs::read(&segment).unwrap();
-    // Frames after the 32-byte header: magic, u32 length, u32 checksum, payload.
-    let mut starts = Vec::new();
+    let (frames, end) = frames(&bytes);
+    let starts: Vec<usize> = frames.iter().map(|f| f.0).collect();
+    assert_eq!(starts.len(), 3, "one frame per sequential request");
+    (dir, segment, starts, end)
+}
+
+/// A segment's frames, as (start, payload), and where they end; the zeros after them are
+/// blocks reserved ahead.
+fn frames(bytes: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
+    // After the 32-byte header: magic, u32 length, u32 checksum, payload.
+    let mut frames = Vec::new();
     let mut pos = 32;
     while pos < bytes.len() && bytes[pos..pos + 4] != [0; 4] {
-        starts.push(pos);
         let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        frames.push((pos, &bytes[pos + 12..pos + 12 + len]));
         pos += 12 + len;
     }
     assert!(
         bytes[pos..].iter().all(|&b| b == 0),
         "only zeros after the frames"
     );
-    assert_eq!(starts.len(), 3, "one frame per sequential request");
-    (dir, segment, starts, pos)
+    (frames, pos)
+}
+
+/// The length a frame's synced mark gives (`--fsync interval`), if it is one.
+fn synced_mark(payload: &[u8]) -> Option<u64> {
+    (payload.len() == 9 && payload[0] == 6).then(|| u64::from_le_bytes(payload[1..9].try_into().unwrap()))
 }
 
 fn newest_segment(dir: &Path) -> PathBuf {
@@ -413,7 +426,7 @@ async fn a_log_torn_at_every_byte_of_its_last_record_starts_with_every_complete_
 }
 
 #[tokio::test]
-async fn fsync_always_reserves_log_blocks_ahead_and_a_restart_reads_their_zeros_as_the_end() {
+async fn log_segments_reserve_blocks_ahead_and_a_restart_reads_their_zeros_as_the_end() {
     let (dir, segment, _, end) = three_record_log().await;
     let reserved = std::fs::metadata(&segment).unwrap().len();
     assert_eq!(reserved, 16 << 20, "one 16 MiB reservation, frames end at {end}");
@@ -430,16 +443,89 @@ async fn fsync_always_reserves_log_blocks_ahead_and_a_restart_reads_their_zeros_
         "{logged}"
     );
 
-    // `--fsync interval` appends: the file is as long as what it holds.
+    // `--fsync interval` too; its segment opens with a synced mark for the header.
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::spawn(dir.path(), &["--fsync", "interval"]);
     server.wait_ready().await;
     let body = format!("[{}]", measurement("a", "2021-11-08T21:38:09Z", 1.0));
     assert_eq!(server.post(body).await, StatusCode::NO_CONTENT);
     server.sigkill();
+    let logged = server.stdout.lock().unwrap().join("\n");
+    assert!(
+        !logged.contains("cannot map"),
+        "frames are copied into the map: {logged}"
+    );
     let bytes = std::fs::read(newest_segment(dir.path())).unwrap();
-    let len = u32::from_le_bytes(bytes[36..40].try_into().unwrap()) as usize;
-    assert_eq!(bytes.len(), 32 + 12 + len);
+    assert_eq!(bytes.len(), 16 << 20);
+    let (frames, _) = frames(&bytes);
+    assert_eq!(synced_mark(frames[0].1), Some(32));
+    assert_eq!(frames.len(), 2, "the mark, then the batch");
+    let mut server = Server::spawn(dir.path(), &["--fsync", "interval"]);
+    server.wait_ready().await;
+    assert_eq!(server.stats("a").await.0, 1);
+}
+
+#[tokio::test]
+async fn fsync_interval_damage_after_the_last_synced_mark_is_that_intervals_loss_and_before_it_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--fsync", "interval", "--fsync-interval", "1s"];
+    let mut server = Server::spawn(dir.path(), &args);
+    server.wait_ready().await;
+    let post = |sensor: &str| format!("[{}]", measurement(sensor, "2021-11-08T21:38:09Z", 1.0));
+    for sensor in ["a", "b"] {
+        assert_eq!(server.post(post(sensor)).await, StatusCode::NO_CONTENT);
+    }
+    // The fsync a second in, and its mark; c and d come half a second before the next.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for sensor in ["c", "d"] {
+        assert_eq!(server.post(post(sensor)).await, StatusCode::NO_CONTENT);
+    }
+    server.sigkill();
+    let segment = newest_segment(dir.path());
+    let name = segment.file_name().unwrap().to_owned();
+    let bytes = std::fs::read(&segment).unwrap();
+    let (frames, _) = frames(&bytes);
+    let marks: Vec<usize> = (0..frames.len())
+        .filter(|&i| synced_mark(frames[i].1).is_some())
+        .collect();
+    let last_mark = *marks.last().unwrap();
+    assert_eq!(frames.len(), last_mark + 3, "mark, then c and d: {marks:?}");
+    let synced = synced_mark(frames[last_mark].1).unwrap() as usize;
+    let (a, c, d) = (frames[1].0, frames[last_mark + 1].0, frames[last_mark + 2].0);
+    assert!(a < synced && synced <= c);
+
+    // A power loss: c's page never reached the disk (reads as zeros), d's did.
+    let lost = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), lost.path());
+    let mut damaged = bytes.clone();
+    damaged[c..d].fill(0);
+    std::fs::write(lost.path().join(&name), &damaged).unwrap();
+    let mut server = Server::spawn(lost.path(), &args);
+    server.wait_ready().await;
+    for (sensor, count) in [("a", 1), ("b", 1), ("c", 0), ("d", 0)] {
+        assert_eq!(server.stats(sensor).await.0, count, "{sensor}");
+    }
+    let logged = server.stdout.lock().unwrap().join("\n");
+    assert!(
+        logged.contains("damage after the last fsync") && logged.contains(&format!("\"offset\":{c}")),
+        "{logged}"
+    );
+    let mut aside = lost.path().join(&name).into_os_string();
+    aside.push(".corrupt");
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        damaged,
+        "the damaged file is kept aside"
+    );
+
+    // The same damage before the mark was on disk: corruption.
+    let mut damaged = bytes.clone();
+    damaged[a..frames[2].0].fill(0);
+    std::fs::write(&segment, &damaged).unwrap();
+    let mut server = Server::spawn(dir.path(), &args);
+    assert!(!server.wait_exit(Duration::from_secs(10)).await.success());
+    let stderr = server.stderr.lock().unwrap().join("\n");
+    assert!(stderr.contains(&format!("byte offset {a}")), "{stderr}");
 }
 
 #[tokio::test]

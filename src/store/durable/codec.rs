@@ -10,7 +10,9 @@
 //! - Frame: magic (4) | payload length u32 | CRC of (length, payload) u32 | payload. A
 //!   frame is the unit that is written, checked and cut: one group commit writes one.
 //! - Entries, one after another in a payload, each starting with a tag byte:
-//!   1 batch (log), 2 delete (log), 3 sensor, 4 idempotency record, 5 end (snapshot).
+//!   1 batch (log), 2 delete (log), 3 sensor, 4 idempotency record, 5 end (snapshot),
+//!   6 synced (log, `--fsync interval`: the segment's first this many bytes were
+//!   fsynced before this entry was written).
 
 use crate::domain::{Batch, Delta, Fingerprint, Timestamp};
 
@@ -34,6 +36,7 @@ const TAG_DELETE: u8 = 2;
 const TAG_SENSOR: u8 = 3;
 const TAG_COMPLETED: u8 = 4;
 const TAG_END: u8 = 5;
+const TAG_SYNCED: u8 = 6;
 
 /// Why bytes are not what the format says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,6 +223,12 @@ pub(super) fn encode_end(out: &mut Vec<u8>, sensors: u64, records: u64) {
     out.extend_from_slice(&records.to_le_bytes());
 }
 
+/// Appends a synced mark: the segment's first `len` bytes are on disk.
+pub(super) fn encode_synced(out: &mut Vec<u8>, len: u64) {
+    out.push(TAG_SYNCED);
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
 fn encode_str16(out: &mut Vec<u8>, s: &str) {
     let len = u16::try_from(s.len()).expect("sensor ids are at most 256 bytes");
     out.extend_from_slice(&len.to_le_bytes());
@@ -256,6 +265,8 @@ pub(super) trait Sink {
     fn batch_end(&mut self) {}
     /// The snapshot's closing entry.
     fn end(&mut self, _sensors: u64, _records: u64) {}
+    /// A synced mark of the log: its segment's first `len` bytes were on disk.
+    fn synced(&mut self, _len: u64) {}
 }
 
 /// A sink that only checks: decoding into it validates a payload without applying it.
@@ -299,6 +310,7 @@ pub(super) fn decode_entries(payload: &[u8], kind: Kind, sink: &mut impl Sink) -
                 sink.batch_end();
             }
             (TAG_DELETE, Kind::Log) => sink.delete(r.str16()?),
+            (TAG_SYNCED, Kind::Log) => sink.synced(r.u64()?),
             (TAG_SENSOR, Kind::Snapshot) => {
                 let (sensor, totals) = r.sensor()?;
                 sink.delta(sensor, &totals);
@@ -405,6 +417,26 @@ mod tests {
         fn end(&mut self, s: u64, r: u64) {
             self.0.push(format!("end {s} {r}"));
         }
+        fn synced(&mut self, len: u64) {
+            self.0.push(format!("synced {len}"));
+        }
+    }
+
+    #[test]
+    fn a_synced_mark_is_a_log_entry_only() {
+        let mut payload = Vec::new();
+        encode_synced(&mut payload, 4096);
+        let mut got = Collect::default();
+        decode_entries(&payload, Kind::Log, &mut got).unwrap();
+        assert_eq!(got.0, ["synced 4096"]);
+        assert_eq!(
+            decode_entries(&payload, Kind::Snapshot, &mut Check),
+            Err(CodecError::Invalid("unknown entry tag"))
+        );
+        assert_eq!(
+            decode_entries(&payload[..5], Kind::Log, &mut Check),
+            Err(CodecError::Short("entry"))
+        );
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //!   `--fsync always` reserved ahead and never wrote (no warning, nothing is cut).
 //! - A torn last frame of the last segment (a crash mid-write: nothing valid follows it)
 //!   was never acknowledged: it is cut off with a warning.
+//! - Damage in the last segment past its last synced mark (`--fsync interval`: the pages
+//!   written after the last fsync reached the disk in part, an OS crash or a power loss)
+//!   is the documented loss of that mode: the segment is copied aside as `*.corrupt` and
+//!   cut there, with a warning.
 //! - Bytes of a segment past the length the next segment's header records were written
 //!   before a failed write or fsync, never acknowledged: ignored with a warning.
 //! - Anything else that does not check out (a damaged frame with valid frames after it, a
@@ -24,7 +28,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    codec::{self, FrameCheck, Kind, SEGMENT_MAGIC},
+    codec::{self, Completed, FrameCheck, Kind, SEGMENT_MAGIC, Sink},
     map::{Cow, SensorMap},
     snapshot::{self, snapshot_path},
     wal::{Apply, segment_path, sync_dir},
@@ -348,6 +352,7 @@ fn replay_segment(
     };
     let mut pos = codec::HEADER_LEN;
     let mut frames = 0;
+    let mut replay = Replay { apply, synced: None };
     while pos < end {
         let window = &bytes[pos..end];
         let problem = match codec::check_frame(window) {
@@ -355,8 +360,10 @@ fn replay_segment(
                 let payload = &window[codec::FRAME_HEADER_LEN..codec::FRAME_HEADER_LEN + len];
                 match codec::decode_entries(payload, Kind::Log, &mut codec::Check) {
                     Ok(()) => {
-                        codec::decode_entries(payload, Kind::Log, apply).expect("checked just above");
-                        frames += 1;
+                        let before = replay.apply.entries;
+                        codec::decode_entries(payload, Kind::Log, &mut replay).expect("checked just above");
+                        // A frame holding only a synced mark is not a record.
+                        frames += u64::from(replay.apply.entries > before);
                         pos += codec::FRAME_HEADER_LEN + len;
                         continue;
                     }
@@ -394,12 +401,101 @@ fn replay_segment(
                 valid_len: pos as u64,
             });
         }
+        // The last mark may also be in a valid frame after the damage: then the damage
+        // was on disk before it, not lost with the last interval.
+        let synced = replay.synced.max(marks_after(window));
+        if bound.is_none()
+            && let Some(synced) = synced.filter(|&synced| pos as u64 >= synced)
+        {
+            tracing::warn!(
+                file = %path.display(),
+                offset = pos,
+                synced,
+                bytes = end - pos,
+                reason = %problem,
+                "damage after the last fsync of an --fsync interval log (an OS crash or a power \
+                 loss): the writes from here on, answered within the last --fsync-interval, are \
+                 lost; the segment is copied aside as .corrupt and cut here"
+            );
+            let kept = std::fs::copy(path, corrupt_path(path))
+                .with_context(|| format!("cannot copy {}", path.display()))
+                .and_then(|_| cut(path, pos as u64));
+            if let Err(e) = kept {
+                return Err(bad(
+                    pos,
+                    format!("{problem}, and cutting it failed: {e:#}"),
+                    frames,
+                ));
+            }
+            return Ok(Replayed::Whole {
+                frames,
+                valid_len: pos as u64,
+            });
+        }
         return Err(bad(pos, problem, frames));
     }
     Ok(Replayed::Whole {
         frames,
         valid_len: end as u64,
     })
+}
+
+/// The largest synced mark in the valid frames found in `window` after its first byte.
+fn marks_after(window: &[u8]) -> Option<u64> {
+    let mut marks = Marks(None);
+    let mut from = 1;
+    while let Some(found) = window.get(from..).and_then(codec::any_valid_frame) {
+        let at = from + found;
+        let FrameCheck::Valid(len) = codec::check_frame(&window[at..]) else {
+            break;
+        };
+        let payload = &window[at + codec::FRAME_HEADER_LEN..at + codec::FRAME_HEADER_LEN + len];
+        // A payload that does not decode has no mark to give.
+        let _ = codec::decode_entries(payload, Kind::Log, &mut marks);
+        from = at + codec::FRAME_HEADER_LEN + len;
+    }
+    marks.0
+}
+
+/// Keeps the largest synced mark of what it decodes, and nothing else.
+struct Marks(Option<u64>);
+
+impl Sink for Marks {
+    fn delta(&mut self, _: &str, _: &crate::domain::Delta) {}
+    fn delete(&mut self, _: &str) {}
+    fn completed(&mut self, _: Completed<'_>) {}
+    fn synced(&mut self, len: u64) {
+        self.0 = self.0.max(Some(len));
+    }
+}
+
+/// Applies a segment's frames and keeps its last synced mark.
+struct Replay<'r, 'a> {
+    apply: &'r mut Apply<'a>,
+    /// How many of the segment's bytes the last mark read says were on disk.
+    synced: Option<u64>,
+}
+
+impl Sink for Replay<'_, '_> {
+    fn delta(&mut self, sensor: &str, delta: &crate::domain::Delta) {
+        self.apply.delta(sensor, delta);
+    }
+
+    fn delete(&mut self, sensor: &str) {
+        self.apply.delete(sensor);
+    }
+
+    fn completed(&mut self, completed: Completed<'_>) {
+        self.apply.completed(completed);
+    }
+
+    fn batch_end(&mut self) {
+        self.apply.batch_end();
+    }
+
+    fn synced(&mut self, len: u64) {
+        self.synced = Some(len);
+    }
 }
 
 fn read_head(path: &Path) -> anyhow::Result<Vec<u8>> {

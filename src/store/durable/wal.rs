@@ -11,14 +11,22 @@
 //! its waiters once per fsync. Either way memory is applied in log order, only after the
 //! entry is in the log, and with `always` only after it is on disk.
 //!
-//! With `--fsync always` a segment's blocks are reserved ahead of the writes
-//! ([`PREALLOCATE`] at a time, `fallocate(2)`): a frame written inside them leaves the
-//! file's size alone, so the `fdatasync` that follows has no size to commit to the
-//! filesystem journal (measured on ext4: a third less time and CPU per fsync). The
-//! reserved rest of a segment reads as zeros, which recovery takes as the end of the log.
-//! Reserving is best effort: where the filesystem refuses (full, or no `fallocate`), the
-//! segment grows by appending, as with `--fsync interval`, whose one fsync a second gains
-//! nothing from it.
+//! A segment's blocks are reserved ahead of the writes ([`PREALLOCATE`] at a time,
+//! `fallocate(2)`): a frame written inside them leaves the file's size alone, so with
+//! `--fsync always` the `fdatasync` that follows has no size to commit to the filesystem
+//! journal (measured on ext4: a third less time and CPU per fsync), and with `--fsync
+//! interval` a frame is copied into the reserved part of the file mapped in memory, with
+//! no system call per request (the page cache holds it as it would a `write`'s, so a
+//! crash of the process loses nothing). The reserved rest of a segment reads as zeros,
+//! which recovery takes as the end of the log. Reserving is best effort: where the
+//! filesystem refuses (full, or no `fallocate`), the segment grows by `pwrite`s.
+//!
+//! With `--fsync interval`, pages written between two fsyncs may reach the disk in any
+//! order, so after an OS crash or a power loss a segment can hold zeros with valid frames
+//! after them. The segment's first frame, and one after every fsync, is a synced mark
+//! (how many of its bytes are on disk): recovery cuts damage past the last mark as the
+//! writes of the last interval (the documented loss) and treats damage before it as
+//! corruption.
 //!
 //! A failed `write` is undone (the file is cut back to its last frame) and its request
 //! gets 503 with nothing applied. A failed `fsync` is fatal for the segment (after one,
@@ -75,6 +83,16 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// The segment being written.
 #[derive(Debug)]
 struct Segment {
+    /// `--fsync interval`: frames are copied into a mapped window of the reserved blocks,
+    /// and the segment carries synced marks.
+    interval: bool,
+    /// The mapped part of the file (`--fsync interval`); `None` until a frame needs it.
+    window: Option<Window>,
+    /// Mapping failed once: the rest of the segment is written with `pwrite`.
+    unmappable: bool,
+    /// Where the last synced mark ends: an fsync that covered nothing after it needs no
+    /// new mark (an idle log stops fsyncing).
+    marked: u64,
     /// Shared with the fsync thread, which syncs it without holding the log's lock.
     file: Arc<File>,
     number: u64,
@@ -92,11 +110,16 @@ struct Segment {
 
 impl Segment {
     /// Creates segment `number` whose predecessor has `prev_len` valid bytes, with its
-    /// first blocks reserved when `preallocate`; durable (file and directory fsynced) when
-    /// this returns.
-    fn create(dir: &Path, number: u64, prev_len: u64, preallocate: bool) -> io::Result<Self> {
+    /// first blocks reserved (and, for `--fsync interval`, a first synced mark for the
+    /// header); durable (file and directory fsynced) when this returns.
+    fn create(dir: &Path, number: u64, prev_len: u64, fsync: FsyncMode) -> io::Result<Self> {
         let path = segment_path(dir, number);
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        // Readable too: a shared writable map needs it.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         let header = codec::encode_header(
             SEGMENT_MAGIC,
             Header {
@@ -104,19 +127,32 @@ impl Segment {
                 extra: prev_len,
             },
         );
-        let len = codec::HEADER_LEN as u64;
+        let mut head = header.to_vec();
+        let interval = fsync == FsyncMode::Interval;
+        if interval {
+            let mut mark = Vec::new();
+            codec::encode_synced(&mut mark, codec::HEADER_LEN as u64);
+            let mut frame = Vec::new();
+            build_frame(&mut frame, [mark.as_slice()]);
+            head.extend_from_slice(&frame);
+        }
+        let len = head.len() as u64;
         let mut segment = Self {
+            interval,
+            window: None,
+            unmappable: false,
+            marked: len,
             file: Arc::new(file),
             number,
             len,
             durable: len,
-            allocated: len,
-            preallocate,
+            allocated: 0,
+            preallocate: true,
         };
         segment.reserve(len + 1);
         let written = segment
             .file
-            .write_all_at(&header, 0)
+            .write_all_at(&head, 0)
             .and_then(|()| segment.file.sync_all());
         if let Err(e) = written.and_then(|()| sync_dir(dir)) {
             // Half-made: remove it so the number can be tried again.
@@ -153,6 +189,85 @@ impl Segment {
             }
         }
     }
+
+    /// Writes `frame` at `at`: `--fsync interval` copies it into the mapped reserved
+    /// blocks when it can, otherwise (and always with `--fsync always`, whose groups the
+    /// fsync thread writes with [`write_frame`]) one `pwrite`.
+    fn write(&mut self, frame: &[u8], at: u64) -> io::Result<()> {
+        if self.interval {
+            self.reserve(at + frame.len() as u64);
+            if let Some(target) = self.mapped(at, frame.len()) {
+                target.copy_from_slice(frame);
+                return Ok(());
+            }
+        }
+        self.file.write_all_at(frame, at)
+    }
+
+    /// The mapped bytes `at..at + len`; maps the reserved file from the page of `at` to
+    /// its reserved end when the window does not hold them. `None` when they are not
+    /// reserved or the file cannot be mapped.
+    #[allow(unsafe_code)]
+    fn mapped(&mut self, at: u64, len: usize) -> Option<&mut [u8]> {
+        let end = at + len as u64;
+        let held = self
+            .window
+            .as_ref()
+            .is_some_and(|w| w.offset <= at && end <= w.offset + w.map.len() as u64);
+        if !held {
+            self.window = None;
+            if self.unmappable || end > self.allocated {
+                return None;
+            }
+            let page = rustix::param::page_size() as u64;
+            let offset = at - at % page;
+            let len = usize::try_from(self.allocated - offset).ok()?;
+            // SAFETY: the mapped bytes are this segment's reserved blocks, which only this
+            // process writes (the data dir's `LOCK`) and which are never read through the
+            // map; the file is cut below them only by [`Segment::cut_back`], which drops
+            // the window first, so no access goes past the end of the file. (Another
+            // program cutting a live segment would get this process killed by SIGBUS, as
+            // it would any program that maps its files; the README says to leave a live
+            // data dir alone.)
+            let map = unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(offset)
+                    .len(len)
+                    .map_mut(&*self.file)
+            };
+            match map {
+                Ok(map) => self.window = Some(Window { map, offset }),
+                Err(e) => {
+                    self.unmappable = true;
+                    tracing::warn!(
+                        segment = self.number,
+                        error = %e,
+                        "cannot map the log segment: it is written with pwrite instead"
+                    );
+                    return None;
+                }
+            }
+        }
+        let window = self.window.as_mut()?;
+        let from = usize::try_from(at - window.offset).ok()?;
+        Some(&mut window.map[from..from + len])
+    }
+
+    /// Cuts the file back to `start` (after a failed write) and gives back the blocks
+    /// reserved past it.
+    fn cut_back(&mut self, start: u64) -> io::Result<()> {
+        self.window = None;
+        self.allocated = self.allocated.min(start);
+        self.file.set_len(start).and_then(|()| self.file.sync_data())
+    }
+}
+
+/// `--fsync interval`: the part of a segment's file mapped for writing.
+#[derive(Debug)]
+struct Window {
+    map: memmap2::MmapMut,
+    /// Where in the file the map starts (a multiple of the page size).
+    offset: u64,
 }
 
 /// Where a snapshot cuts the log.
@@ -277,7 +392,7 @@ impl Group {
     /// Builds the frame of the entries, writes it (one `write`) and fsyncs it; needs no
     /// lock.
     fn write_and_sync(&mut self) -> Outcome {
-        build_frame(&mut self.frame, &self.entries);
+        build_frame(&mut self.frame, self.entries.iter().map(|p| p.bytes.as_slice()));
         let written = write_frame(&self.file, &self.frame, self.start, self.fail_writes);
         let synced = written.is_ok().then(|| timed_sync(&self.file, &self.metrics));
         Outcome { written, synced }
@@ -300,7 +415,7 @@ impl Log {
             &settings.dir,
             settings.first_segment,
             settings.prev_len,
-            settings.fsync == FsyncMode::Always,
+            settings.fsync,
         )?;
         let committer = Committer {
             next_number: settings.first_segment + 1,
@@ -506,7 +621,10 @@ impl Log {
         // A rotation in the meantime fsynced that segment itself.
         if let Some(segment) = this.segment.as_mut().filter(|s| s.number == number) {
             match synced {
-                Ok(()) => segment.durable = segment.durable.max(len),
+                Ok(()) => {
+                    segment.durable = segment.durable.max(len);
+                    this.mark_synced(len);
+                }
                 Err(e) => this.poison(&e),
             }
         }
@@ -637,11 +755,12 @@ impl Committer {
             self.fail(vec![pending], &message, false);
             return self.recount_cap();
         }
-        build_frame(&mut self.spare_frame, std::slice::from_ref(&pending));
+        build_frame(&mut self.spare_frame, [pending.bytes.as_slice()]);
         let fail_writes = self.shared.fail_writes.load(Ordering::Relaxed);
         let segment = self.segment.as_mut().expect("opened above");
         let start = segment.len;
-        if let Err(e) = write_frame(&segment.file, &self.spare_frame, start, fail_writes) {
+        let written = injected(fail_writes).and_then(|()| segment.write(&self.spare_frame, start));
+        if let Err(e) = written {
             return self.undo_write(start, vec![pending], &e);
         }
         let len = self.spare_frame.len();
@@ -662,20 +781,41 @@ impl Committer {
         }
     }
 
+    /// Interval mode: appends a synced mark for the segment's first `len` bytes (on disk
+    /// with the next fsync). A mark that cannot be written is cut back and left out:
+    /// recovery then goes by the one before it.
+    fn mark_synced(&mut self, len: u64) {
+        let Some(segment) = self.segment.as_mut().filter(|s| len > s.marked) else {
+            return;
+        };
+        let mut mark = Vec::with_capacity(9);
+        codec::encode_synced(&mut mark, len);
+        let mut frame = Vec::with_capacity(codec::FRAME_HEADER_LEN + mark.len());
+        build_frame(&mut frame, [mark.as_slice()]);
+        let start = segment.len;
+        match segment.write(&frame, start) {
+            Ok(()) => {
+                segment.len += frame.len() as u64;
+                segment.marked = segment.len;
+                self.unsynced.bytes += frame.len();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the log's synced mark: left out");
+                if let Err(undo) = segment.cut_back(start) {
+                    self.poison(&undo);
+                }
+            }
+        }
+    }
+
     /// After a failed `write` of the frame that began at `start`: cuts back whatever part
     /// of it reached the file (a failed cut closes the segment) and answers `entries`
     /// 503 with nothing applied.
     fn undo_write(&mut self, start: u64, entries: Vec<Pending>, e: &io::Error) {
-        if let Some(segment) = &mut self.segment {
-            let undone = segment
-                .file
-                .set_len(start)
-                .and_then(|()| segment.file.sync_data());
-            // The cut also gave back the blocks reserved past `start`.
-            segment.allocated = segment.allocated.min(start);
-            if let Err(undo) = undone {
-                self.poison(&undo);
-            }
+        if let Some(segment) = &mut self.segment
+            && let Err(undo) = segment.cut_back(start)
+        {
+            self.poison(&undo);
         }
         self.fail(entries, &format!("the log cannot be written: {e}"), false);
         self.recount_cap();
@@ -724,7 +864,7 @@ impl Committer {
             &self.settings.dir,
             self.next_number,
             prev_len,
-            self.preallocates(),
+            self.settings.fsync,
         )?;
         if let Some(old) = self.segment.replace(next) {
             self.closed = (old.number, old.durable);
@@ -738,11 +878,6 @@ impl Committer {
             segment: self.next_number - 1,
             generation: self.generation,
         })
-    }
-
-    /// Whether new segments reserve their blocks ahead (`--fsync always`).
-    fn preallocates(&self) -> bool {
-        self.settings.fsync == FsyncMode::Always
     }
 
     /// Closes the segment after a failed fsync: its pages may be gone, it is not used again.
@@ -770,7 +905,7 @@ impl Committer {
             &self.settings.dir,
             self.next_number,
             self.closed.1,
-            self.preallocates(),
+            self.settings.fsync,
         ) {
             Ok(segment) => {
                 tracing::info!(segment = segment.number, "log writable again: new segment opened");
@@ -869,11 +1004,11 @@ impl CapCount {
 }
 
 /// Makes `frame` one log frame of the entries: the header, then their bytes in order.
-fn build_frame(frame: &mut Vec<u8>, entries: &[Pending]) {
+fn build_frame<'a>(frame: &mut Vec<u8>, entries: impl IntoIterator<Item = &'a [u8]>) {
     frame.clear();
     frame.resize(codec::FRAME_HEADER_LEN, 0);
-    for p in entries {
-        frame.extend_from_slice(&p.bytes);
+    for bytes in entries {
+        frame.extend_from_slice(bytes);
     }
     let header = codec::frame_header(&frame[codec::FRAME_HEADER_LEN..]);
     frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
@@ -882,10 +1017,15 @@ fn build_frame(frame: &mut Vec<u8>, entries: &[Pending]) {
 /// Writes a whole frame at `offset`, the end of the log (one `pwrite`); with `fail`
 /// (tests), fails as a full or broken disk would.
 fn write_frame(file: &File, frame: &[u8], offset: u64, fail: bool) -> io::Result<()> {
+    injected(fail).and_then(|()| file.write_all_at(frame, offset))
+}
+
+/// Tests: the failure of a full or broken disk, when `fail`.
+fn injected(fail: bool) -> io::Result<()> {
     if fail {
         return Err(io::Error::other("write refused (injected failure)"));
     }
-    file.write_all_at(frame, offset)
+    Ok(())
 }
 
 fn timed_sync(file: &File, metrics: &Metrics) -> io::Result<()> {
