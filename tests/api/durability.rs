@@ -466,6 +466,29 @@ async fn log_segments_reserve_blocks_ahead_and_a_restart_reads_their_zeros_as_th
 }
 
 #[tokio::test]
+async fn fsync_interval_marks_what_each_fsync_covered_and_an_idle_log_stops_marking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(dir.path(), &["--fsync", "interval", "--fsync-interval", "50ms"]);
+    server.wait_ready().await;
+    let body = format!("[{}]", measurement("a", "2021-11-08T21:38:09Z", 1.0));
+    assert_eq!(server.post(body).await, StatusCode::NO_CONTENT);
+    // Ten intervals: one fsync covers the batch and adds a mark, the next covers that
+    // mark alone and adds none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.sigkill();
+    let bytes = std::fs::read(newest_segment(dir.path())).unwrap();
+    let (frames, end) = frames(&bytes);
+    let marks: Vec<u64> = frames.iter().filter_map(|f| synced_mark(f.1)).collect();
+    assert_eq!(frames.len(), 3, "header mark, batch, mark: {marks:?}");
+    assert_eq!(
+        marks,
+        [32, frames[2].0 as u64],
+        "the second mark covers the batch"
+    );
+    assert_eq!(end, frames[2].0 + 21);
+}
+
+#[tokio::test]
 async fn fsync_interval_damage_after_the_last_synced_mark_is_that_intervals_loss_and_before_it_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--fsync", "interval", "--fsync-interval", "1s"];

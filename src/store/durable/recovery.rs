@@ -2,13 +2,15 @@
 //! it) and decides what to do with damage.
 //!
 //! - Zeros where a frame should start, to the end of the file, end the log: the blocks
-//!   `--fsync always` reserved ahead and never wrote (no warning, nothing is cut).
-//! - A torn last frame of the last segment (a crash mid-write: nothing valid follows it)
-//!   was never acknowledged: it is cut off with a warning.
-//! - Damage in the last segment past its last synced mark (`--fsync interval`: the pages
-//!   written after the last fsync reached the disk in part, an OS crash or a power loss)
-//!   is the documented loss of that mode: the segment is copied aside as `*.corrupt` and
-//!   cut there, with a warning.
+//!   reserved ahead and never written (no warning, nothing is cut), in a segment no later
+//!   segment gives a length for.
+//! - Damage in the last segment at or past its largest synced mark (`--fsync interval`:
+//!   the pages written after the last fsync reached the disk in part, or a crash
+//!   mid-write) is the documented loss of that mode: the segment is copied aside as
+//!   `*.corrupt` and cut there, with a warning. (Records of the last interval lost as
+//!   zeros at the end cannot be told from reserved blocks: they end the log silently.)
+//! - A torn last frame of the last segment of `--fsync always` (a crash mid-write:
+//!   nothing valid follows it) was never acknowledged: it is cut off with a warning.
 //! - Bytes of a segment past the length the next segment's header records were written
 //!   before a failed write or fsync, never acknowledged: ignored with a warning.
 //! - Anything else that does not check out (a damaged frame with valid frames after it, a
@@ -322,7 +324,9 @@ fn replay_segment(
     match codec::decode_header(bytes, SEGMENT_MAGIC, "log segment") {
         Ok(h) if h.number == number => {}
         Ok(h) => return Err(bad(0, format!("header says segment {}", h.number), 0)),
-        Err(_) if is_last && codec::any_valid_frame(bytes).is_none() => return Ok(Replayed::TornHeader),
+        // A torn header with nothing valid after it but the first synced mark (written
+        // with it) is a segment that was never used.
+        Err(_) if is_last && !scan(bytes, 0).records => return Ok(Replayed::TornHeader),
         Err(e) => return Err(bad(0, format!("file header: {e}"), 0)),
     }
     let end = match bound {
@@ -381,6 +385,36 @@ fn replay_segment(
                 valid_len: pos as u64,
             });
         }
+        // The last mark may also be in a valid frame after the damage: then the damage
+        // was on disk before it, not lost with the last interval.
+        let synced = replay.synced.max(scan(window, 1).synced);
+        if is_last && let Some(synced) = synced.filter(|&synced| pos as u64 >= synced) {
+            tracing::warn!(
+                file = %path.display(),
+                offset = pos,
+                synced,
+                bytes = end - pos,
+                reason = %problem,
+                "damage after the last fsync of an --fsync interval log (a crash mid-write, an OS \
+                 crash or a power loss): the records from here on were written after that fsync, \
+                 and those of them that were answered are the loss the mode allows (the last \
+                 --fsync-interval); the segment is copied aside as .corrupt and cut here"
+            );
+            let kept = std::fs::copy(path, corrupt_path(path))
+                .with_context(|| format!("cannot copy {}", path.display()))
+                .and_then(|_| cut(path, pos as u64));
+            if let Err(e) = kept {
+                return Err(bad(
+                    pos,
+                    format!("{problem}, and cutting it failed: {e:#}"),
+                    frames,
+                ));
+            }
+            return Ok(Replayed::Whole {
+                frames,
+                valid_len: pos as u64,
+            });
+        }
         let torn = is_last && codec::any_valid_frame(&window[1..]).is_none();
         if torn {
             tracing::warn!(
@@ -401,37 +435,6 @@ fn replay_segment(
                 valid_len: pos as u64,
             });
         }
-        // The last mark may also be in a valid frame after the damage: then the damage
-        // was on disk before it, not lost with the last interval.
-        let synced = replay.synced.max(marks_after(window));
-        if bound.is_none()
-            && let Some(synced) = synced.filter(|&synced| pos as u64 >= synced)
-        {
-            tracing::warn!(
-                file = %path.display(),
-                offset = pos,
-                synced,
-                bytes = end - pos,
-                reason = %problem,
-                "damage after the last fsync of an --fsync interval log (an OS crash or a power \
-                 loss): the writes from here on, answered within the last --fsync-interval, are \
-                 lost; the segment is copied aside as .corrupt and cut here"
-            );
-            let kept = std::fs::copy(path, corrupt_path(path))
-                .with_context(|| format!("cannot copy {}", path.display()))
-                .and_then(|_| cut(path, pos as u64));
-            if let Err(e) = kept {
-                return Err(bad(
-                    pos,
-                    format!("{problem}, and cutting it failed: {e:#}"),
-                    frames,
-                ));
-            }
-            return Ok(Replayed::Whole {
-                frames,
-                valid_len: pos as u64,
-            });
-        }
         return Err(bad(pos, problem, frames));
     }
     Ok(Replayed::Whole {
@@ -440,32 +443,41 @@ fn replay_segment(
     })
 }
 
-/// The largest synced mark in the valid frames found in `window` after its first byte.
-fn marks_after(window: &[u8]) -> Option<u64> {
-    let mut marks = Marks(None);
-    let mut from = 1;
-    while let Some(found) = window.get(from..).and_then(codec::any_valid_frame) {
+/// What the valid frames found in `bytes` from offset `skip` on hold.
+fn scan(bytes: &[u8], skip: usize) -> Scan {
+    let mut scan = Scan::default();
+    let mut from = skip;
+    while let Some(found) = bytes.get(from..).and_then(codec::any_valid_frame) {
         let at = from + found;
-        let FrameCheck::Valid(len) = codec::check_frame(&window[at..]) else {
+        let FrameCheck::Valid(len) = codec::check_frame(&bytes[at..]) else {
             break;
         };
-        let payload = &window[at + codec::FRAME_HEADER_LEN..at + codec::FRAME_HEADER_LEN + len];
-        // A payload that does not decode has no mark to give.
-        let _ = codec::decode_entries(payload, Kind::Log, &mut marks);
+        let payload = &bytes[at + codec::FRAME_HEADER_LEN..at + codec::FRAME_HEADER_LEN + len];
+        // A payload that does not decode gives nothing.
+        let _ = codec::decode_entries(payload, Kind::Log, &mut scan);
         from = at + codec::FRAME_HEADER_LEN + len;
     }
-    marks.0
+    scan
 }
 
-/// Keeps the largest synced mark of what it decodes, and nothing else.
-struct Marks(Option<u64>);
+/// The largest synced mark, and whether any batch or delete, among decoded frames.
+#[derive(Default)]
+struct Scan {
+    synced: Option<u64>,
+    records: bool,
+}
 
-impl Sink for Marks {
+impl Sink for Scan {
     fn delta(&mut self, _: &str, _: &crate::domain::Delta) {}
-    fn delete(&mut self, _: &str) {}
+    fn delete(&mut self, _: &str) {
+        self.records = true;
+    }
     fn completed(&mut self, _: Completed<'_>) {}
+    fn batch_end(&mut self) {
+        self.records = true;
+    }
     fn synced(&mut self, len: u64) {
-        self.0 = self.0.max(Some(len));
+        self.synced = self.synced.max(Some(len));
     }
 }
 

@@ -2,7 +2,7 @@
 //! the durable store's memory at a time, and the fsync thread.
 //!
 //! A request writes its entry on its own worker: under the log's lock it appends one frame
-//! (one `write`, no hand-off to another thread). With `--fsync interval` it then applies
+//! (no hand-off to another thread). With `--fsync interval` it then applies
 //! the entry to memory and is answered at once; the fsync thread fsyncs every
 //! `--fsync-interval`. With `--fsync always` the entry waits in the log's queue: the fsync
 //! thread fsyncs whatever is written, outside the lock (writers keep appending meanwhile),
@@ -17,16 +17,19 @@
 //! journal (measured on ext4: a third less time and CPU per fsync), and with `--fsync
 //! interval` a frame is copied into the reserved part of the file mapped in memory, with
 //! no system call per request (the page cache holds it as it would a `write`'s, so a
-//! crash of the process loses nothing). The reserved rest of a segment reads as zeros,
-//! which recovery takes as the end of the log. Reserving is best effort: where the
-//! filesystem refuses (full, or no `fallocate`), the segment grows by `pwrite`s.
+//! crash of the process loses nothing), on the filesystems where such a write cannot fail
+//! for want of space ([`maps_safely`]); elsewhere, and with `--fsync always`, a frame is
+//! one `pwrite`. The reserved rest of a segment reads as zeros, which recovery takes as
+//! the end of the log. Reserving is best effort: where the filesystem refuses (full, or
+//! no `fallocate`), the segment grows by `pwrite`s.
 //!
 //! With `--fsync interval`, pages written between two fsyncs may reach the disk in any
 //! order, so after an OS crash or a power loss a segment can hold zeros with valid frames
-//! after them. The segment's first frame, and one after every fsync, is a synced mark
-//! (how many of its bytes are on disk): recovery cuts damage past the last mark as the
-//! writes of the last interval (the documented loss) and treats damage before it as
-//! corruption.
+//! after them. So an interval segment carries synced marks: its first frame says the
+//! header is on disk, and after an fsync that covered anything past the last mark's
+//! value, a new mark gives the length it covered. Recovery takes the largest mark's value
+//! as what was on disk: damage past it is the loss of the last interval (documented), and
+//! damage before it is corruption.
 //!
 //! A failed `write` is undone (the file is cut back to its last frame) and its request
 //! gets 503 with nothing applied. A failed `fsync` is fatal for the segment (after one,
@@ -63,9 +66,11 @@ use crate::{
     telemetry::LogSampler,
 };
 
+/// The length of a frame holding one synced mark (header, tag, u64).
+const MARK_FRAME_LEN: u64 = codec::FRAME_HEADER_LEN as u64 + 9;
 /// A group stops taking queued entries past this many bytes (one large entry goes alone).
 const MAX_GROUP_BYTES: usize = 8 << 20;
-/// `--fsync always`: a segment's blocks are reserved this much at a time.
+/// A segment's blocks are reserved this much at a time.
 pub(super) const PREALLOCATE: u64 = 16 << 20;
 /// How often a new segment may be tried after the disk refused one.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -88,11 +93,13 @@ struct Segment {
     interval: bool,
     /// The mapped part of the file (`--fsync interval`); `None` until a frame needs it.
     window: Option<Window>,
-    /// Mapping failed once: the rest of the segment is written with `pwrite`.
+    /// Not mapped (the filesystem is not known to map safely, or mapping failed once):
+    /// frames are written with `pwrite`.
     unmappable: bool,
-    /// Where the last synced mark ends: an fsync that covered nothing after it needs no
-    /// new mark (an idle log stops fsyncing).
+    /// Where the last synced mark ends, and the length it gives: an fsync that covered
+    /// nothing but that mark needs no new one (an idle log stops fsyncing).
     marked: u64,
+    mark_value: u64,
     /// Shared with the fsync thread, which syncs it without holding the log's lock.
     file: Arc<File>,
     number: u64,
@@ -100,11 +107,10 @@ struct Segment {
     len: u64,
     /// Bytes known to be on disk (the last successful fsync).
     durable: u64,
-    /// The file's reserved size (`--fsync always`); frames written below it do not change
-    /// the file's size.
+    /// The file's reserved size; frames written below it do not change the file's size.
     allocated: u64,
-    /// Blocks are reserved ahead of the writes; off for `--fsync interval`, and for the
-    /// rest of the segment once the filesystem refused.
+    /// Blocks are reserved ahead of the writes; off for the rest of the segment once the
+    /// filesystem refused.
     preallocate: bool,
 }
 
@@ -140,8 +146,9 @@ impl Segment {
         let mut segment = Self {
             interval,
             window: None,
-            unmappable: false,
+            unmappable: !(interval && maps_safely(&file)),
             marked: len,
+            mark_value: codec::HEADER_LEN as u64,
             file: Arc::new(file),
             number,
             len,
@@ -191,8 +198,8 @@ impl Segment {
     }
 
     /// Writes `frame` at `at`: `--fsync interval` copies it into the mapped reserved
-    /// blocks when it can, otherwise (and always with `--fsync always`, whose groups the
-    /// fsync thread writes with [`write_frame`]) one `pwrite`.
+    /// blocks when it can, otherwise one `pwrite` (as [`write_frame`] writes the groups of
+    /// `--fsync always`).
     fn write(&mut self, frame: &[u8], at: u64) -> io::Result<()> {
         if self.interval {
             self.reserve(at + frame.len() as u64);
@@ -744,7 +751,8 @@ impl Committer {
         }
     }
 
-    /// Interval mode: writes one entry as one frame (one `write`), applies and answers it.
+    /// Interval mode: writes one entry as one frame (copied into the map, or one
+    /// `pwrite`), applies and answers it.
     fn write_now(&mut self, pending: Pending) {
         let Some(pending) = self.admitted(pending) else {
             return;
@@ -775,19 +783,27 @@ impl Committer {
     /// metric update per request on the hot path).
     fn publish_unsynced(&mut self) {
         let Unsynced { entries, bytes } = std::mem::take(&mut self.unsynced);
-        if entries > 0 {
+        if bytes > 0 {
             self.metrics.wal_bytes(bytes);
+        }
+        if entries > 0 {
             self.metrics.flush(entries);
         }
     }
 
     /// Interval mode: appends a synced mark for the segment's first `len` bytes (on disk
-    /// with the next fsync). A mark that cannot be written is cut back and left out:
-    /// recovery then goes by the one before it.
+    /// with the next fsync), unless those bytes add nothing but the last mark to what that
+    /// mark gives. A mark that cannot be written is cut back and left out: recovery then
+    /// goes by the one before it.
     fn mark_synced(&mut self, len: u64) {
-        let Some(segment) = self.segment.as_mut().filter(|s| len > s.marked) else {
+        let Some(segment) = self.segment.as_mut().filter(|s| s.interval) else {
             return;
         };
+        let only_the_last_mark =
+            len == segment.marked && segment.marked - MARK_FRAME_LEN == segment.mark_value;
+        if len <= segment.mark_value || only_the_last_mark {
+            return;
+        }
         let mut mark = Vec::with_capacity(9);
         codec::encode_synced(&mut mark, len);
         let mut frame = Vec::with_capacity(codec::FRAME_HEADER_LEN + mark.len());
@@ -797,6 +813,7 @@ impl Committer {
             Ok(()) => {
                 segment.len += frame.len() as u64;
                 segment.marked = segment.len;
+                segment.mark_value = len;
                 self.unsynced.bytes += frame.len();
             }
             Err(e) => {
@@ -1012,6 +1029,19 @@ fn build_frame<'a>(frame: &mut Vec<u8>, entries: impl IntoIterator<Item = &'a [u
     }
     let header = codec::frame_header(&frame[codec::FRAME_HEADER_LEN..]);
     frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
+}
+
+/// Whether frames can be written through a shared map of `file` without a full disk
+/// killing the process: on ext4, XFS and tmpfs, a page inside `fallocate`d blocks needs
+/// no space at its write fault. A copy-on-write filesystem (btrfs, ZFS) allocates at the
+/// fault and answers a full disk with SIGBUS, and a network one with SIGBUS when its
+/// server fails: those, and any other, get `pwrite`, whose errors are answered 503.
+fn maps_safely(file: &File) -> bool {
+    const EXT4: u64 = 0xEF53;
+    const XFS: u64 = 0x5846_5342;
+    const TMPFS: u64 = 0x0102_1994;
+    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+    rustix::fs::fstatfs(file).is_ok_and(|fs| matches!(fs.f_type as u64, EXT4 | XFS | TMPFS))
 }
 
 /// Writes a whole frame at `offset`, the end of the log (one `pwrite`); with `fail`
