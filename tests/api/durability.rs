@@ -466,6 +466,36 @@ async fn log_segments_reserve_blocks_ahead_and_a_restart_reads_their_zeros_as_th
 }
 
 #[tokio::test]
+async fn a_log_past_its_first_reservation_replays_whole_after_sigkill_in_both_modes() {
+    // 10 000 sensors of 12 bytes make about 420 kB of log per batch: 50 batches go past
+    // the first 16 MiB reserved (a second `fallocate`, and a new map with `interval`).
+    let body = format!(
+        "[{}]",
+        (0..10_000)
+            .map(|i| measurement(&format!("sensor-{i:05}"), "2021-11-08T21:38:09Z", 1.5))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for mode in ["always", "interval"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::spawn(dir.path(), &["--fsync", mode]);
+        server.wait_ready().await;
+        for _ in 0..50 {
+            assert_eq!(server.post(body.clone()).await, StatusCode::NO_CONTENT);
+        }
+        server.sigkill();
+        let segment = newest_segment(dir.path());
+        let reserved = std::fs::metadata(&segment).unwrap().len();
+        assert_eq!(reserved, 32 << 20, "{mode}: a second reservation");
+        let mut again = Server::spawn(dir.path(), &["--fsync", mode]);
+        again.wait_ready().await;
+        for sensor in ["sensor-00000", "sensor-05000", "sensor-09999"] {
+            assert_eq!(again.stats(sensor).await, (50, 1.5), "{mode}: {sensor}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn fsync_interval_marks_what_each_fsync_covered_and_an_idle_log_stops_marking() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::spawn(dir.path(), &["--fsync", "interval", "--fsync-interval", "50ms"]);
