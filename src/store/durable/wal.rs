@@ -396,7 +396,7 @@ struct Outcome {
 }
 
 impl Group {
-    /// Builds the frame of the entries, writes it (one `write`) and fsyncs it; needs no
+    /// Builds the frame of the entries, writes it (one `pwrite`) and fsyncs it; needs no
     /// lock.
     fn write_and_sync(&mut self) -> Outcome {
         build_frame(&mut self.frame, self.entries.iter().map(|p| p.bytes.as_slice()));
