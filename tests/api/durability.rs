@@ -442,10 +442,26 @@ async fn log_segments_reserve_blocks_ahead_and_a_restart_reads_their_zeros_as_th
         !logged.contains("torn") && !logged.contains("ignored"),
         "{logged}"
     );
+    // The segments behind the newest hold no reserved zeros: the restart cut them off the
+    // one it read back, the shutdown snapshot's rotation off the one it closed.
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    segments.pop();
+    assert!(!segments.is_empty());
+    for closed in &segments {
+        let bytes = std::fs::read(closed).unwrap();
+        assert_eq!(frames(&bytes).1, bytes.len(), "{}", closed.display());
+    }
 
-    // `--fsync interval` too; its segment opens with a synced mark for the header.
+    // `--fsync interval` too; its segment opens with a synced mark for the header (no
+    // fsync of the interval comes before the kill).
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::spawn(dir.path(), &["--fsync", "interval"]);
+    let args = ["--fsync", "interval", "--fsync-interval", "60s"];
+    let mut server = Server::spawn(dir.path(), &args);
     server.wait_ready().await;
     let body = format!("[{}]", measurement("a", "2021-11-08T21:38:09Z", 1.0));
     assert_eq!(server.post(body).await, StatusCode::NO_CONTENT);
@@ -460,9 +476,20 @@ async fn log_segments_reserve_blocks_ahead_and_a_restart_reads_their_zeros_as_th
     let (frames, _) = frames(&bytes);
     assert_eq!(synced_mark(frames[0].1), Some(32));
     assert_eq!(frames.len(), 2, "the mark, then the batch");
-    let mut server = Server::spawn(dir.path(), &["--fsync", "interval"]);
+    let mut server = Server::spawn(dir.path(), &args);
     server.wait_ready().await;
     assert_eq!(server.stats("a").await.0, 1);
+    // The restart cut the reserved zeros off the segment it read back.
+    let segments: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    let oldest = segments.iter().min().unwrap();
+    assert_eq!(
+        std::fs::metadata(oldest).unwrap().len() as usize,
+        frames[1].0 + 12 + frames[1].1.len()
+    );
 }
 
 #[tokio::test]
@@ -528,8 +555,28 @@ async fn fsync_interval_damage_after_the_last_synced_mark_is_that_intervals_loss
     for sensor in ["a", "b"] {
         assert_eq!(server.post(post(sensor)).await, StatusCode::NO_CONTENT);
     }
-    // The fsync a second in, and its mark; c and d come half a second before the next.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait for the fsync that covers a and b and its mark; c and d then come right after
+    // it, an interval before the next.
+    let started = Instant::now();
+    loop {
+        // Read while the server writes: a frame may be half there, so no asserting parse.
+        let bytes = std::fs::read(newest_segment(dir.path())).unwrap();
+        let mut pos = 32;
+        let mut payloads = Vec::new();
+        while let Some(head) = bytes.get(pos..pos + 12).filter(|h| h[..4] != [0; 4]) {
+            let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
+            let Some(payload) = bytes.get(pos + 12..pos + 12 + len) else {
+                break;
+            };
+            payloads.push(payload);
+            pos += 12 + len;
+        }
+        if payloads.get(3).is_some_and(|p| synced_mark(p).is_some()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no fsync within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for sensor in ["c", "d"] {
         assert_eq!(server.post(post(sensor)).await, StatusCode::NO_CONTENT);
     }

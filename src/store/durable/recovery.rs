@@ -325,8 +325,9 @@ fn replay_segment(
         Ok(h) if h.number == number => {}
         Ok(h) => return Err(bad(0, format!("header says segment {}", h.number), 0)),
         // A torn header with nothing valid after it but the first synced mark (written
-        // with it) is a segment that was never used.
-        Err(_) if is_last && !scan(bytes, 0).records => return Ok(Replayed::TornHeader),
+        // with it) is a segment that was never used; a later mark would prove fsynced
+        // records.
+        Err(_) if is_last && never_used(bytes) => return Ok(Replayed::TornHeader),
         Err(e) => return Err(bad(0, format!("file header: {e}"), 0)),
     }
     let end = match bound {
@@ -356,7 +357,11 @@ fn replay_segment(
     };
     let mut pos = codec::HEADER_LEN;
     let mut frames = 0;
-    let mut replay = Replay { apply, synced: None };
+    let mut replay = Replay {
+        apply,
+        synced: None,
+        interval: false,
+    };
     while pos < end {
         let window = &bytes[pos..end];
         let problem = match codec::check_frame(window) {
@@ -366,6 +371,9 @@ fn replay_segment(
                     Ok(()) => {
                         let before = replay.apply.entries;
                         codec::decode_entries(payload, Kind::Log, &mut replay).expect("checked just above");
+                        if pos == codec::HEADER_LEN && replay.synced == Some(codec::HEADER_LEN as u64) {
+                            replay.interval = true;
+                        }
                         // A frame holding only a synced mark is not a record.
                         frames += u64::from(replay.apply.entries > before);
                         pos += codec::FRAME_HEADER_LEN + len;
@@ -378,8 +386,12 @@ fn replay_segment(
             FrameCheck::Damaged => "frame checksum mismatch".to_owned(),
         };
         // Blocks reserved ahead and never written: the end of the log, unless a later
-        // segment says this one holds more.
+        // segment says this one holds more. The file is cut there, best effort, to give
+        // the reserved blocks back.
         if bound.is_none() && window.iter().all(|&byte| byte == 0) {
+            if let Err(e) = cut(path, pos as u64) {
+                tracing::debug!(file = %path.display(), error = %e, "cannot give back reserved log blocks");
+            }
             return Ok(Replayed::Whole {
                 frames,
                 valid_len: pos as u64,
@@ -387,8 +399,13 @@ fn replay_segment(
         }
         // The last mark may also be in a valid frame after the damage: then the damage
         // was on disk before it, not lost with the last interval.
+        // Only a segment written with `--fsync interval` (its first frame is the header's
+        // mark) may have lost pages between fsyncs.
         let synced = replay.synced.max(scan(window, 1).synced);
-        if is_last && let Some(synced) = synced.filter(|&synced| pos as u64 >= synced) {
+        if is_last
+            && replay.interval
+            && let Some(synced) = synced.filter(|&synced| pos as u64 >= synced)
+        {
             tracing::warn!(
                 file = %path.display(),
                 offset = pos,
@@ -443,6 +460,13 @@ fn replay_segment(
     })
 }
 
+/// Whether a segment whose header is unreadable holds nothing fsynced: no record, and no
+/// mark past the header's.
+fn never_used(bytes: &[u8]) -> bool {
+    let found = scan(bytes, 0);
+    !found.records && found.synced.is_none_or(|len| len <= codec::HEADER_LEN as u64)
+}
+
 /// What the valid frames found in `bytes` from offset `skip` on hold.
 fn scan(bytes: &[u8], skip: usize) -> Scan {
     let mut scan = Scan::default();
@@ -486,6 +510,8 @@ struct Replay<'r, 'a> {
     apply: &'r mut Apply<'a>,
     /// How many of the segment's bytes the last mark read says were on disk.
     synced: Option<u64>,
+    /// The segment opens with the header's mark: written with `--fsync interval`.
+    interval: bool,
 }
 
 impl Sink for Replay<'_, '_> {

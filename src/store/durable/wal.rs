@@ -260,6 +260,18 @@ impl Segment {
         Some(&mut window.map[from..from + len])
     }
 
+    /// A settled segment being closed: cuts its file to what it holds (its durable
+    /// length) so that the blocks reserved past it are given back, best effort (recovery
+    /// reads zeros there as the end of the log all the same).
+    fn give_back_reserved(mut self) {
+        self.window = None;
+        if self.allocated > self.durable
+            && let Err(e) = self.file.set_len(self.durable)
+        {
+            tracing::debug!(segment = self.number, error = %e, "cannot give back reserved log blocks");
+        }
+    }
+
     /// Cuts the file back to `start` (after a failed write) and gives back the blocks
     /// reserved past it.
     fn cut_back(&mut self, start: u64) -> io::Result<()> {
@@ -863,8 +875,13 @@ impl Committer {
         if segment.durable < segment.len {
             self.publish_unsynced();
             let segment = self.segment.as_mut().expect("checked above");
+            let len = segment.len;
             match timed_sync(&segment.file, &self.metrics) {
-                Ok(()) => segment.durable = segment.len,
+                Ok(()) => {
+                    segment.durable = len;
+                    // The segment may go on (a rotation that fails to open the next).
+                    self.mark_synced(len);
+                }
                 Err(e) => self.poison(&e),
             }
         }
@@ -885,6 +902,7 @@ impl Committer {
         )?;
         if let Some(old) = self.segment.replace(next) {
             self.closed = (old.number, old.durable);
+            old.give_back_reserved();
         }
         self.next_number += 1;
         self.last_sync = Instant::now();
