@@ -351,18 +351,28 @@ async fn three_record_log() -> (tempfile::TempDir, PathBuf, Vec<usize>, usize) {
 /// A segment's frames, as (start, payload), and where they end; the zeros after them are
 /// blocks reserved ahead.
 fn frames(bytes: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
+    let (frames, end) = frames_so_far(bytes);
+    assert!(
+        bytes[end..].iter().all(|&b| b == 0),
+        "only zeros after the frames"
+    );
+    (frames, end)
+}
+
+/// The whole frames at the start of a segment and where they end, without judging what
+/// follows (a file the server is writing may end in half a frame).
+fn frames_so_far(bytes: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
     // After the 32-byte header: magic, u32 length, u32 checksum, payload.
     let mut frames = Vec::new();
     let mut pos = 32;
-    while pos < bytes.len() && bytes[pos..pos + 4] != [0; 4] {
-        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
-        frames.push((pos, &bytes[pos + 12..pos + 12 + len]));
+    while let Some(head) = bytes.get(pos..pos + 12).filter(|h| h[..4] != [0; 4]) {
+        let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
+        let Some(payload) = bytes.get(pos + 12..pos + 12 + len) else {
+            break;
+        };
+        frames.push((pos, payload));
         pos += 12 + len;
     }
-    assert!(
-        bytes[pos..].iter().all(|&b| b == 0),
-        "only zeros after the frames"
-    );
     (frames, pos)
 }
 
@@ -372,13 +382,18 @@ fn synced_mark(payload: &[u8]) -> Option<u64> {
 }
 
 fn newest_segment(dir: &Path) -> PathBuf {
+    segments(dir).pop().expect("a log segment")
+}
+
+/// The log segments of `dir`, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
     segments.sort();
-    segments.pop().expect("a log segment")
+    segments
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -444,15 +459,10 @@ async fn log_segments_reserve_blocks_ahead_and_a_restart_reads_their_zeros_as_th
     );
     // The segments behind the newest hold no reserved zeros: the restart cut them off the
     // one it read back, the shutdown snapshot's rotation off the one it closed.
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    segments.sort();
-    segments.pop();
-    assert!(!segments.is_empty());
-    for closed in &segments {
+    let mut closed_segments = segments(dir.path());
+    closed_segments.pop();
+    assert!(!closed_segments.is_empty());
+    for closed in &closed_segments {
         let bytes = std::fs::read(closed).unwrap();
         assert_eq!(frames(&bytes).1, bytes.len(), "{}", closed.display());
     }
@@ -480,12 +490,7 @@ async fn log_segments_reserve_blocks_ahead_and_a_restart_reads_their_zeros_as_th
     server.wait_ready().await;
     assert_eq!(server.stats("a").await.0, 1);
     // The restart cut the reserved zeros off the segment it read back.
-    let segments: Vec<PathBuf> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    let oldest = segments.iter().min().unwrap();
+    let oldest = &segments(dir.path())[0];
     assert_eq!(
         std::fs::metadata(oldest).unwrap().len() as usize,
         frames[1].0 + 12 + frames[1].1.len()
@@ -559,19 +564,10 @@ async fn fsync_interval_damage_after_the_last_synced_mark_is_that_intervals_loss
     // it, an interval before the next.
     let started = Instant::now();
     loop {
-        // Read while the server writes: a frame may be half there, so no asserting parse.
+        // Read while the server writes: a frame may be half there.
         let bytes = std::fs::read(newest_segment(dir.path())).unwrap();
-        let mut pos = 32;
-        let mut payloads = Vec::new();
-        while let Some(head) = bytes.get(pos..pos + 12).filter(|h| h[..4] != [0; 4]) {
-            let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
-            let Some(payload) = bytes.get(pos + 12..pos + 12 + len) else {
-                break;
-            };
-            payloads.push(payload);
-            pos += 12 + len;
-        }
-        if payloads.get(3).is_some_and(|p| synced_mark(p).is_some()) {
+        let (frames, _) = frames_so_far(&bytes);
+        if frames.get(3).is_some_and(|f| synced_mark(f.1).is_some()) {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(5), "no fsync within 5 s");

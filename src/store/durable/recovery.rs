@@ -397,14 +397,16 @@ fn replay_segment(
                 valid_len: pos as u64,
             });
         }
-        // The last mark may also be in a valid frame after the damage: then the damage
-        // was on disk before it, not lost with the last interval.
         // Only a segment written with `--fsync interval` (its first frame is the header's
-        // mark) may have lost pages between fsyncs.
-        let synced = replay.synced.max(scan(window, 1).synced);
+        // mark) may have lost pages between fsyncs. The last mark may also be in a valid
+        // frame after the damage: then the damage was on disk before it, not lost with
+        // the last interval.
         if is_last
             && replay.interval
-            && let Some(synced) = synced.filter(|&synced| pos as u64 >= synced)
+            && let Some(synced) = replay
+                .synced
+                .max(scan(window, 1).synced)
+                .filter(|&synced| pos as u64 >= synced)
         {
             tracing::warn!(
                 file = %path.display(),

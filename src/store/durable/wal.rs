@@ -136,11 +136,7 @@ impl Segment {
         let mut head = header.to_vec();
         let interval = fsync == FsyncMode::Interval;
         if interval {
-            let mut mark = Vec::new();
-            codec::encode_synced(&mut mark, codec::HEADER_LEN as u64);
-            let mut frame = Vec::new();
-            build_frame(&mut frame, [mark.as_slice()]);
-            head.extend_from_slice(&frame);
+            head.extend_from_slice(&mark_frame(codec::HEADER_LEN as u64));
         }
         let len = head.len() as u64;
         let mut segment = Self {
@@ -816,10 +812,7 @@ impl Committer {
         if len <= segment.mark_value || only_the_last_mark {
             return;
         }
-        let mut mark = Vec::with_capacity(9);
-        codec::encode_synced(&mut mark, len);
-        let mut frame = Vec::with_capacity(codec::FRAME_HEADER_LEN + mark.len());
-        build_frame(&mut frame, [mark.as_slice()]);
+        let frame = mark_frame(len);
         let start = segment.len;
         match segment.write(&frame, start) {
             Ok(()) => {
@@ -1047,6 +1040,15 @@ fn build_frame<'a>(frame: &mut Vec<u8>, entries: impl IntoIterator<Item = &'a [u
     }
     let header = codec::frame_header(&frame[codec::FRAME_HEADER_LEN..]);
     frame[..codec::FRAME_HEADER_LEN].copy_from_slice(&header);
+}
+
+/// A frame holding one synced mark for a segment's first `len` bytes.
+fn mark_frame(len: u64) -> Vec<u8> {
+    let mut mark = Vec::with_capacity(9);
+    codec::encode_synced(&mut mark, len);
+    let mut frame = Vec::with_capacity(MARK_FRAME_LEN as usize);
+    build_frame(&mut frame, [mark.as_slice()]);
+    frame
 }
 
 /// Whether frames can be written through a shared map of `file` without a full disk
