@@ -11,17 +11,20 @@
 //! its waiters once per fsync. Either way memory is applied in log order, only after the
 //! entry is in the log, and with `always` only after it is on disk.
 //!
-//! A segment's blocks are reserved ahead of the writes ([`PREALLOCATE`] at a time,
-//! `fallocate(2)`): a frame written inside them leaves the file's size alone, so with
-//! `--fsync always` the `fdatasync` that follows has no size to commit to the filesystem
-//! journal (measured on ext4: a third less time and CPU per fsync), and with `--fsync
+//! A segment's blocks are prepared ahead of the writes. With `--fsync always` on ext4 and
+//! XFS they are written with zeros ([`ZERO_AHEAD`] at a time) and each group is one
+//! synced direct write of whole blocks ([`Direct`]): its sync has no metadata to record,
+//! only the device's cache to flush. Elsewhere they are reserved ([`PREALLOCATE`] at a
+//! time, `fallocate(2)`): a frame written inside them leaves the file's size alone, so
+//! with `--fsync always` the `fdatasync` that follows a group's `pwrite` has no size to
+//! commit (measured on ext4: a third less time and CPU per fsync), and with `--fsync
 //! interval` a frame is copied into the reserved part of the file mapped in memory, with
 //! no system call per request (the page cache holds it as it would a `write`'s, so a
 //! crash of the process loses nothing), on the filesystems where such a write cannot fail
-//! for want of space ([`maps_safely`]); elsewhere, and with `--fsync always`, a frame is
-//! one `pwrite`. The reserved rest of a segment reads as zeros, which recovery takes as
-//! the end of the log. Reserving is best effort: where the filesystem refuses (full, or
-//! no `fallocate`), the segment grows by `pwrite`s.
+//! for want of space ([`maps_safely`]); elsewhere a frame is one `pwrite`. The prepared
+//! rest of a segment reads as zeros, which recovery takes as the end of the log.
+//! Preparing is best effort: where the filesystem refuses (full, or no `fallocate`), the
+//! segment grows by its writes.
 //!
 //! With `--fsync interval`, pages written between two fsyncs may reach the disk in any
 //! order, so after an OS crash or a power loss a segment can hold zeros with valid frames
@@ -42,7 +45,8 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::{File, OpenOptions},
-    io,
+    io::{self, IoSlice},
+    ops::Range,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
     sync::{
@@ -74,6 +78,30 @@ const MAX_GROUP_BYTES: usize = 8 << 20;
 pub(super) const PREALLOCATE: u64 = 16 << 20;
 /// How often a new segment may be tried after the disk refused one.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// `--fsync always` on ext4 and XFS: groups are written in whole blocks of this size (a
+/// multiple of any device's logical block), at offsets and from memory aligned to it.
+const BLOCK: usize = 4096;
+/// Direct segments zero their blocks this far ahead of the log's end, this much at a time.
+const ZERO_AHEAD: u64 = 2 << 20;
+/// How many blocks one direct write takes at most (`IOV_MAX` is 1024 on Linux).
+const BLOCKS_PER_WRITE: usize = 1024;
+
+/// One block of a direct write, aligned as `O_DIRECT` needs.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Block([u8; BLOCK]);
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Block")
+    }
+}
+
+/// Zeros to write ahead of a direct segment's end, aligned as `O_DIRECT` needs.
+#[repr(C, align(4096))]
+struct Zeros([u8; 64 << 10]);
+
+static ZEROS: Zeros = Zeros([0; 64 << 10]);
 
 /// The path of log segment `number` in `dir`.
 pub(super) fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -112,6 +140,54 @@ struct Segment {
     /// Blocks are reserved ahead of the writes; off for the rest of the segment once the
     /// filesystem refused.
     preallocate: bool,
+    /// `--fsync always` on ext4 and XFS: groups are written with `O_DIRECT` and
+    /// `RWF_DSYNC` into blocks zeroed ahead (see [`Direct`]).
+    direct: Option<Direct>,
+}
+
+/// A segment whose groups are written directly to the disk: each group is one
+/// `pwritev2(RWF_DSYNC)` of whole blocks through an `O_DIRECT` descriptor, starting with
+/// the segment's last partial block again (its bytes do not change, so a torn write of it
+/// leaves them as they were). Its blocks are written with zeros ahead of the log's end
+/// ([`ZERO_AHEAD`] at a time), so a group's write lands in allocated, written blocks and
+/// its sync has no metadata to write, only the device's cache to flush: measured with a C
+/// probe on this VM's ext4, 1 kB groups took 123 µs instead of 150 µs with `pwrite` +
+/// `fdatasync` into `fallocate`d blocks (whose first write must record the extent as
+/// written), 16 kB groups 118 µs instead of 252 µs, and no page cache is involved.
+#[derive(Debug)]
+struct Direct {
+    /// The segment's file opened again with `O_DIRECT`.
+    file: Arc<File>,
+    /// The bytes of the segment's last partial block (`len % BLOCK` of them).
+    tail: Vec<u8>,
+    /// The blocks of the last write, kept for the next.
+    blocks: Vec<Block>,
+    /// Blocks are zeroed ahead of the writes; off for the rest of the segment once a zero
+    /// write failed (the groups then extend the file, each sync recording its new size).
+    zeroing: bool,
+}
+
+impl Direct {
+    /// Opens `path` for direct writes when its filesystem is known to take them as this
+    /// log writes them (ext4 and XFS); `None` otherwise, or when the open fails.
+    fn open(path: &Path, file: &File, head: &[u8]) -> Option<Self> {
+        if !is_ext4_or_xfs(file) {
+            return None;
+        }
+        let flags = rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC;
+        match rustix::fs::open(path, flags, rustix::fs::Mode::empty()) {
+            Ok(fd) => Some(Self {
+                file: Arc::new(File::from(fd)),
+                tail: head[head.len() - head.len() % BLOCK..].to_vec(),
+                blocks: Vec::new(),
+                zeroing: true,
+            }),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot open the log segment for direct writes: it is written with pwrite and fdatasync");
+                None
+            }
+        }
+    }
 }
 
 impl Segment {
@@ -139,6 +215,11 @@ impl Segment {
             head.extend_from_slice(&mark_frame(codec::HEADER_LEN as u64));
         }
         let len = head.len() as u64;
+        let direct = if interval {
+            None
+        } else {
+            Direct::open(&path, &file, &head)
+        };
         let mut segment = Self {
             interval,
             window: None,
@@ -150,7 +231,9 @@ impl Segment {
             len,
             durable: len,
             allocated: 0,
-            preallocate: true,
+            // Direct segments zero their blocks ahead instead.
+            preallocate: direct.is_none(),
+            direct,
         };
         segment.reserve(len + 1);
         let written = segment
@@ -254,6 +337,35 @@ impl Segment {
         let window = self.window.as_mut()?;
         let from = usize::try_from(at - window.offset).ok()?;
         Some(&mut window.map[from..from + len])
+    }
+
+    /// Takes back what a group's direct write borrowed, with the new last partial block
+    /// when the group was written; stops zeroing after a failed zero write, and stops
+    /// writing directly when the direct write was refused as invalid.
+    fn give_back_direct(&mut self, lent: DirectWrite, outcome: &Outcome, frame_len: usize) {
+        let Some(direct) = self.direct.as_mut() else {
+            return;
+        };
+        if let Some(e) = &outcome.direct_refused {
+            tracing::warn!(segment = self.number, error = %e, "direct write to the log refused: this segment is written with pwrite and fdatasync");
+            self.direct = None;
+            self.preallocate = true;
+            return;
+        }
+        direct.zeroing &= !outcome.zero_failed;
+        let DirectWrite { tail, blocks, .. } = lent;
+        direct.tail = tail;
+        if outcome.written.is_ok() {
+            let tail_len = (direct.tail.len() + frame_len) % BLOCK;
+            direct.tail.clear();
+            if let Some(last) = blocks.last() {
+                direct.tail.extend_from_slice(&last.0[..tail_len]);
+            }
+        }
+        // Kept for the next group, unless an exceptionally large one grew them.
+        if blocks.capacity() <= 2 * MAX_GROUP_BYTES / BLOCK {
+            direct.blocks = blocks;
+        }
     }
 
     /// A settled segment being closed: cuts its file to what it holds (its durable
@@ -393,24 +505,93 @@ struct Group {
     file: Arc<File>,
     /// The segment's length before the frame.
     start: u64,
+    /// A direct segment's: what the write needs, lent by the segment.
+    direct: Option<DirectWrite>,
     fail_writes: bool,
     metrics: Arc<Metrics>,
 }
 
-/// What became of a group's `write` and `fsync` (`None`: not tried after a failed write).
+/// What a group's direct write borrows from its segment.
+struct DirectWrite {
+    file: Arc<File>,
+    /// The segment's last partial block before the group.
+    tail: Vec<u8>,
+    blocks: Vec<Block>,
+    /// Blocks to zero past the group's last one, before writing it.
+    zero: Option<Range<u64>>,
+}
+
+/// What became of a group's `write` and `fsync` (`None`: not tried after a failed write;
+/// a direct write is both).
 struct Outcome {
     written: io::Result<()>,
     synced: Option<io::Result<()>>,
+    /// The zero write ahead failed: the segment stops zeroing.
+    zero_failed: bool,
+    /// The direct write was refused as invalid: the group was written with `pwrite` and
+    /// `fdatasync`, as the segment's next groups are.
+    direct_refused: Option<io::Error>,
 }
 
 impl Group {
-    /// Builds the frame of the entries, writes it (one `pwrite`) and fsyncs it; needs no
-    /// lock.
+    /// Builds the frame of the entries, writes it (one `pwrite`) and fsyncs it, or on a
+    /// direct segment writes it synced in whole blocks; needs no lock.
     fn write_and_sync(&mut self) -> Outcome {
         build_frame(&mut self.frame, self.entries.iter().map(|p| p.bytes.as_slice()));
-        let written = write_frame(&self.file, &self.frame, self.start, self.fail_writes);
-        let synced = written.is_ok().then(|| timed_sync(&self.file, &self.metrics));
-        Outcome { written, synced }
+        let mut outcome = Outcome {
+            written: Ok(()),
+            synced: None,
+            zero_failed: false,
+            direct_refused: None,
+        };
+        if let Some(direct) = &mut self.direct {
+            if let Some(zero) = direct.zero.clone()
+                && let Err(e) = write_zeros(&direct.file, zero)
+            {
+                tracing::debug!(error = %e, "cannot zero log blocks ahead: this segment grows by its writes");
+                outcome.zero_failed = true;
+            }
+            fill_blocks(&mut direct.blocks, &direct.tail, &self.frame);
+            let at = self.start - direct.tail.len() as u64;
+            let started = Instant::now();
+            let written =
+                injected(self.fail_writes).and_then(|()| write_blocks(&direct.file, &direct.blocks, at));
+            match written {
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => outcome.direct_refused = Some(e),
+                written => {
+                    if written.is_ok() {
+                        self.metrics.wal_fsync(started.elapsed());
+                    }
+                    outcome.written = written;
+                    return outcome;
+                }
+            }
+        }
+        outcome.written = write_frame(&self.file, &self.frame, self.start, self.fail_writes);
+        outcome.synced = outcome
+            .written
+            .is_ok()
+            .then(|| timed_sync(&self.file, &self.metrics));
+        outcome
+    }
+}
+
+/// Lays `tail` then `frame` out in whole blocks, the rest of the last block zeros.
+fn fill_blocks(blocks: &mut Vec<Block>, tail: &[u8], frame: &[u8]) {
+    let len = tail.len() + frame.len();
+    blocks.clear();
+    blocks.resize(len.div_ceil(BLOCK), Block([0; BLOCK]));
+    let (mut block, mut at) = (0, 0);
+    for mut part in [tail, frame] {
+        while !part.is_empty() {
+            let n = (BLOCK - at).min(part.len());
+            blocks[block].0[at..at + n].copy_from_slice(&part[..n]);
+            part = &part[n..];
+            at += n;
+            if at == BLOCK {
+                (block, at) = (block + 1, 0);
+            }
+        }
     }
 }
 
@@ -714,12 +895,31 @@ impl Committer {
         }
         let frame_len = codec::FRAME_HEADER_LEN + entries.iter().map(|p| p.bytes.len()).sum::<usize>();
         let segment = self.segment.as_mut().expect("opened above");
-        segment.reserve(segment.len + frame_len as u64);
+        let end = segment.len + frame_len as u64;
+        segment.reserve(end);
+        let direct = segment.direct.as_mut().map(|d| {
+            // Less than half of the zeroed run left past this group: zero the next one.
+            let written_end = end.next_multiple_of(BLOCK as u64);
+            let zero = (d.zeroing && written_end + ZERO_AHEAD / 2 > segment.allocated).then(|| {
+                let from = segment.allocated.max(written_end);
+                from..from + ZERO_AHEAD
+            });
+            if let Some(zero) = &zero {
+                segment.allocated = zero.end;
+            }
+            DirectWrite {
+                file: Arc::clone(&d.file),
+                tail: std::mem::take(&mut d.tail),
+                blocks: std::mem::take(&mut d.blocks),
+                zero,
+            }
+        });
         Some(Group {
             entries,
             frame,
             file: Arc::clone(&segment.file),
             start: segment.len,
+            direct,
             fail_writes: self.shared.fail_writes.load(Ordering::Relaxed),
             metrics: Arc::clone(&self.metrics),
         })
@@ -733,12 +933,16 @@ impl Committer {
             entries,
             frame,
             start,
+            direct,
             ..
         } = group;
         let Some(segment) = self.segment.as_mut() else {
             self.fail(entries, "the log segment was closed", true);
             return self.recount_cap();
         };
+        if let Some(lent) = direct {
+            segment.give_back_direct(lent, &outcome, frame.len());
+        }
         if let Err(e) = outcome.written {
             return self.undo_write(start, entries, &e);
         }
@@ -1057,11 +1261,57 @@ fn mark_frame(len: u64) -> Vec<u8> {
 /// fault and answers a full disk with SIGBUS, and a network one with SIGBUS when its
 /// server fails: those, and any other, get `pwrite`, whose errors are answered 503.
 fn maps_safely(file: &File) -> bool {
-    const EXT4: u64 = 0xEF53;
-    const XFS: u64 = 0x5846_5342;
-    const TMPFS: u64 = 0x0102_1994;
+    matches!(filesystem(file), Some(EXT4 | XFS | TMPFS))
+}
+
+/// Whether `file` is on ext4 or XFS, where `O_DIRECT` writes of 4 kB-aligned blocks are
+/// taken as they are (tmpfs refuses `O_DIRECT`; other filesystems keep `pwrite`).
+fn is_ext4_or_xfs(file: &File) -> bool {
+    matches!(filesystem(file), Some(EXT4 | XFS))
+}
+
+const EXT4: u64 = 0xEF53;
+const XFS: u64 = 0x5846_5342;
+const TMPFS: u64 = 0x0102_1994;
+
+/// The filesystem's magic number (`statfs`'s `f_type`).
+fn filesystem(file: &File) -> Option<u64> {
     #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
-    rustix::fs::fstatfs(file).is_ok_and(|fs| matches!(fs.f_type as u64, EXT4 | XFS | TMPFS))
+    rustix::fs::fstatfs(file).ok().map(|fs| fs.f_type as u64)
+}
+
+/// Writes `blocks` at `offset` through an `O_DIRECT` descriptor, each write synced
+/// (`RWF_DSYNC`): [`BLOCKS_PER_WRITE`] at a time, a short write being an error.
+fn write_blocks(file: &File, blocks: &[Block], mut offset: u64) -> io::Result<()> {
+    for chunk in blocks.chunks(BLOCKS_PER_WRITE) {
+        let slices: Vec<IoSlice<'_>> = chunk.iter().map(|b| IoSlice::new(&b.0)).collect();
+        let written = rustix::io::pwritev2(file, &slices, offset, rustix::io::ReadWriteFlags::DSYNC)?;
+        if written != chunk.len() * BLOCK {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short direct write to the log",
+            ));
+        }
+        offset += written as u64;
+    }
+    Ok(())
+}
+
+/// Writes zeros over `range` (block-aligned) through an `O_DIRECT` descriptor, not
+/// synced: the next group's synced write records the blocks along with itself.
+fn write_zeros(file: &File, range: Range<u64>) -> io::Result<()> {
+    let mut offset = range.start;
+    while offset < range.end {
+        let len = usize::try_from(range.end - offset)
+            .unwrap_or(usize::MAX)
+            .min(ZEROS.0.len());
+        let written = rustix::io::pwrite(file, &ZEROS.0[..len], offset)?;
+        if written != len {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write of zeros"));
+        }
+        offset += len as u64;
+    }
+    Ok(())
 }
 
 /// Writes a whole frame at `offset`, the end of the log (one `pwrite`); with `fail`
@@ -1129,5 +1379,43 @@ impl Sink for Apply<'_> {
 
     fn batch_end(&mut self) {
         self.entries += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt as _;
+
+    use super::{BLOCK, BLOCKS_PER_WRITE, Block, fill_blocks, write_blocks};
+
+    #[test]
+    fn blocks_hold_the_tail_then_the_frame_then_zeros() {
+        let tail: Vec<u8> = (0..100u8).collect();
+        let frame: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let mut blocks = vec![Block([7; BLOCK]); 5];
+        fill_blocks(&mut blocks, &tail, &frame);
+        assert_eq!(blocks.len(), 3);
+        let bytes: Vec<u8> = blocks.iter().flat_map(|b| b.0).collect();
+        assert_eq!(&bytes[..100], &tail[..]);
+        assert_eq!(&bytes[100..9100], &frame[..]);
+        assert!(bytes[9100..].iter().all(|&b| b == 0));
+        // A tail and frame that fill whole blocks leave no zeros.
+        fill_blocks(&mut blocks, &tail, &frame[..BLOCK - 100]);
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].0[BLOCK - 1], frame[BLOCK - 101]);
+    }
+
+    #[test]
+    fn more_blocks_than_one_write_takes_land_at_their_offsets() {
+        let file = tempfile::tempfile().unwrap();
+        let count = BLOCKS_PER_WRITE * 2 + 3;
+        let blocks: Vec<Block> = (0..count).map(|i| Block([(i % 255) as u8; BLOCK])).collect();
+        write_blocks(&file, &blocks, BLOCK as u64).unwrap();
+        let mut back = vec![0; (count + 1) * BLOCK];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..BLOCK].iter().all(|&b| b == 0));
+        for (i, block) in back[BLOCK..].chunks(BLOCK).enumerate() {
+            assert!(block.iter().all(|&b| b == (i % 255) as u8), "block {i}");
+        }
     }
 }
