@@ -44,7 +44,7 @@ use std::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -520,9 +520,10 @@ async fn refuse_plain_http<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
 
 /// What a connection is doing, for its watchdog: when it last moved a byte, how many of
 /// its requests are being served, and since when the headers of the next request have
-/// been arriving. Times in milliseconds since the connection was accepted.
+/// been arriving. Times in milliseconds since the connection was accepted, on the coarse
+/// monotonic clock ([`coarse_ms`]).
 struct Activity {
-    origin: Instant,
+    origin_ms: u64,
     last_ms: AtomicU64,
     /// Requests whose headers are in and whose response is not yet produced.
     busy: AtomicU32,
@@ -537,7 +538,7 @@ struct Activity {
 impl Activity {
     fn new() -> Self {
         Self {
-            origin: Instant::now(),
+            origin_ms: coarse_ms(),
             last_ms: AtomicU64::new(0),
             busy: AtomicU32::new(0),
             headers_since: AtomicU64::new(0),
@@ -546,7 +547,7 @@ impl Activity {
     }
 
     fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
+        coarse_ms().saturating_sub(self.origin_ms)
     }
 
     fn wrote(&self) {
@@ -575,21 +576,27 @@ impl Activity {
     }
 
     fn quiet_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last)
+        Duration::from_millis(self.now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
 
     /// How long the headers of the next request have been arriving (`None` when none is).
     fn headers_arriving_for(&self) -> Option<Duration> {
         match self.headers_since.load(Ordering::Relaxed) {
             0 => None,
-            since => Some(
-                self.origin
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(since - 1)),
-            ),
+            since => Some(Duration::from_millis(self.now_ms().saturating_sub(since - 1))),
         }
     }
+}
+
+/// Milliseconds on the coarse monotonic clock, which moves by the kernel's tick (1 to 4
+/// ms): the watchdog's timeouts are seconds, and every read and write of a connection
+/// reads it, where it costs a quarter of the precise clock (measured on this VM: 4.4
+/// against 17.7 ns per read).
+fn coarse_ms() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    #[allow(clippy::cast_sign_loss)]
+    let (secs, nanos) = (now.tv_sec as u64, now.tv_nsec as u64);
+    secs * 1000 + nanos / 1_000_000
 }
 
 /// One request of a connection being served; see [`Activity::request_started`].
@@ -636,8 +643,8 @@ impl Future for WatchedFuture {
     }
 }
 
-/// A socket that records its last read or written byte in an [`Activity`] (one clock
-/// read per I/O call), for the idle timeout.
+/// A socket that records its last read or written byte in an [`Activity`] (one coarse
+/// clock read per I/O call), for the idle timeout.
 struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
