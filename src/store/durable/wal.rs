@@ -731,8 +731,8 @@ impl Log {
     /// The fsync thread, until [`Log::stop`]. `--fsync always`: takes everything queued
     /// as one group, writes and fsyncs it outside the lock (the entries that arrive
     /// meanwhile form the next group: group commit), then applies and answers it in log
-    /// order. `--fsync interval`: fsyncs every `--fsync-interval` when anything was
-    /// written.
+    /// order, and yields its core before taking the next group. `--fsync interval`:
+    /// fsyncs every `--fsync-interval` when anything was written.
     pub(super) fn run(&self) {
         let Some(mut this) = self.lock() else {
             return;
@@ -754,6 +754,18 @@ impl Log {
                 this.in_flight = false;
                 self.idle.notify_all();
                 this.land(group, outcome);
+                // The request workers go first: on a core they share with this thread they
+                // write the answers just given and take in the requests that arrive
+                // meanwhile, which then share the next fsync instead of waiting for the
+                // one after it (on one core: W2 at 64 connections 62 requests per fsync
+                // instead of 17, W1 16 instead of 2; see the README). On an idle core
+                // this returns at once.
+                drop(this);
+                std::thread::yield_now();
+                this = match self.state.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => return self.abandon(poisoned.into_inner(), None),
+                };
                 continue;
             }
             if this.exit {
