@@ -11,4 +11,4 @@ pub use batch::{Batch, Delta};
 pub use idempotency::{Fingerprint, IdempotencyKey, IdempotencyKeyError, MAX_IDEMPOTENCY_KEY_LEN};
 pub use sensor_id::{MAX_SENSOR_ID_BYTES, SensorId, SensorIdError};
 pub use statistics::Summary;
-pub use timestamp::{Timestamp, TimestampError, TimestampText};
+pub use timestamp::{DateMemo, Timestamp, TimestampError, TimestampText};
