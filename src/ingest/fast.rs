@@ -155,7 +155,8 @@ impl Reader<'_> {
     /// A JSON number, converted as the full decoder converts it: an integer through
     /// `i64`; a number with a fraction or an exponent as the nearest `f64`, exactly (one
     /// IEEE operation on exact operands) when its digits fit 2^53 and its power of ten
-    /// 10^22, otherwise by the standard library's parser.
+    /// 10^22, otherwise by `fast_float2` (the standard library's algorithm, reading the
+    /// bytes directly).
     fn number(&mut self) -> Option<f64> {
         let body = self.body;
         let start = self.pos;
