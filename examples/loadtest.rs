@@ -20,6 +20,13 @@
 //! of sensor-stats' work per server CPU-second and p99 against the naive server's, per
 //! workload. sensor-stats runs at `--log-level` (default `info`, its production default).
 //!
+//! The store name `victoria-metrics` runs VictoriaMetrics (Debian package
+//! `victoria-metrics`, `--victoria-metrics` names the binary) on the same core, for W1
+//! and W2 only: the same measurements, each batch posted to its JSON import
+//! (`/api/v1/import`) as one line per sensor with its values and timestamps, answered
+//! 204 as ours are. Nothing is read back (no GET check); a table of every store against
+//! it follows the naive server's.
+//!
 //! `--stores durable` runs the server with `--data-dir` (a fresh temporary directory on
 //! the machine's disk, under `--data-root`) and `--fsync always`, `durable-interval` with
 //! `--fsync interval`; their rows add requests per group commit and per fsync, and the
@@ -70,6 +77,10 @@ struct Args {
     /// The naive server binary (`examples/naive.rs`), run for the store name `naive`.
     #[arg(long, default_value = "target/release/examples/naive")]
     naive: String,
+    /// The VictoriaMetrics binary (Debian package `victoria-metrics`), run for the store
+    /// name `victoria-metrics` (W1 and W2 only, posted to its JSON import).
+    #[arg(long, default_value = "victoria-metrics")]
+    victoria_metrics: String,
     /// sensor-stats' `--log-level` (its default, `info`, is what production runs).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -88,7 +99,9 @@ struct Args {
     /// Stores to run each workload against, comma-separated: memory, redis,
     /// redis-cluster (three masters, no replicas), durable (`--data-dir`, `--fsync
     /// always`), durable-interval (`--fsync interval`); any of them with `+keys` to run it
-    /// with API keys on; `naive` runs the naive server instead of sensor-stats.
+    /// with API keys on; `naive` runs the naive server instead of sensor-stats, and
+    /// `victoria-metrics` VictoriaMetrics (W1 and W2: the same measurements posted to its
+    /// `/api/v1/import` as JSON lines, one line per sensor of a batch).
     #[arg(long, default_value = "memory", value_delimiter = ',')]
     stores: Vec<String>,
     /// Connections of W1 and W2 instead of their usual 4 and 32 (how group commit scales
@@ -230,6 +243,8 @@ struct Server {
     addr: SocketAddr,
     redis: Option<RedisProc>,
     data: Option<tempfile::TempDir>,
+    /// VictoriaMetrics' storage directory (for the store `victoria-metrics`).
+    victoria: Option<tempfile::TempDir>,
     _keys: Option<tempfile::NamedTempFile>,
 }
 
@@ -273,7 +288,14 @@ impl Server {
             _ => None,
         };
         let naive = store == "naive";
-        let binary = if naive { &args.naive } else { &args.server };
+        let victoria = store == VICTORIA;
+        let binary = if naive {
+            &args.naive
+        } else if victoria {
+            &args.victoria_metrics
+        } else {
+            &args.server
+        };
         let mut cmd = match args.server_cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -282,10 +304,17 @@ impl Server {
             }
             None => Command::new(binary),
         };
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null());
-        if !naive {
+        let storage = victoria.then(|| tempfile::tempdir().unwrap());
+        if let Some(dir) = &storage {
+            // Samples of 2021 are kept: the default retention is one month.
+            cmd.arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+                .arg(format!("-storageDataPath={}", dir.path().display()))
+                .args(["-retentionPeriod=100y", "-loggerLevel=ERROR"]);
+        } else {
+            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        }
+        cmd.env_remove("RUST_LOG").stdout(Stdio::null());
+        if !naive && !victoria {
             cmd.args(["--log-level", &args.log_level]);
         }
         if let Some(r) = &redis {
@@ -320,12 +349,18 @@ impl Server {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             redis,
             data,
+            victoria: storage,
             _keys: keys.map(|(file, _)| file),
+        };
+        let (health, ready) = if victoria {
+            ("/health", StatusCode::OK)
+        } else {
+            ("/healthz", StatusCode::NO_CONTENT)
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut c) = connect(server.addr).await
-                && c.get("/healthz").await.0 == StatusCode::NO_CONTENT
+                && c.get(health).await.0 == ready
             {
                 return server;
             }
@@ -401,8 +436,13 @@ impl Tally {
 /// The kind of request a worker sends.
 #[derive(Clone)]
 enum Job {
-    /// POST one of these bodies (round-robin); each carries `per_body` measurements.
-    Post { bodies: Rc<Vec<Bytes>>, per_body: u64 },
+    /// POST one of these bodies (round-robin) to `path`; each carries `per_body`
+    /// measurements.
+    Post {
+        path: &'static str,
+        bodies: Rc<Vec<Bytes>>,
+        per_body: u64,
+    },
     /// GET /statistics of one of these sensors (round-robin); with `ratio`, wait so
     /// that GETs stay at about 1 for `ratio` POSTs of `posts`.
     Get {
@@ -430,8 +470,12 @@ async fn worker(
     while Instant::now() < window.until {
         let started = Instant::now();
         let measurements = match &job {
-            Job::Post { bodies, per_body } => {
-                let status = client.post(bodies[i % bodies.len()].clone()).await;
+            Job::Post {
+                path,
+                bodies,
+                per_body,
+            } => {
+                let status = client.post_to(path, bodies[i % bodies.len()].clone()).await;
                 assert_eq!(status, StatusCode::NO_CONTENT);
                 *acked.borrow_mut() += per_body;
                 *per_body
@@ -624,6 +668,53 @@ fn bodies(n: usize, measurements: usize, sensors: usize) -> Rc<Vec<Bytes>> {
     )
 }
 
+/// The store name that runs VictoriaMetrics.
+const VICTORIA: &str = "victoria-metrics";
+
+/// The bodies of [`bodies`] in VictoriaMetrics' JSON import format: one line per sensor
+/// of a batch, with its values and timestamps (milliseconds) in the batch's order.
+fn victoria_bodies(n: usize, measurements: usize, sensors: usize) -> Rc<Vec<Bytes>> {
+    #[derive(serde::Deserialize)]
+    struct Measurement {
+        sensor: String,
+        timestamp: String,
+        value: f64,
+    }
+    Rc::new(
+        (0..n)
+            .map(|seed| {
+                let batch = workload::batch(measurements, sensors, seed as u64 + 1);
+                let items: Vec<Measurement> = serde_json::from_str(&batch).unwrap();
+                let mut series: Vec<(String, Vec<f64>, Vec<i64>)> = Vec::new();
+                for m in items {
+                    let at = chrono::DateTime::parse_from_rfc3339(&m.timestamp).unwrap();
+                    let i = match series.iter().position(|(s, ..)| *s == m.sensor) {
+                        Some(i) => i,
+                        None => {
+                            series.push((m.sensor, Vec::new(), Vec::new()));
+                            series.len() - 1
+                        }
+                    };
+                    series[i].1.push(m.value);
+                    series[i].2.push(at.timestamp_millis());
+                }
+                let lines: Vec<String> = series
+                    .into_iter()
+                    .map(|(sensor, values, timestamps)| {
+                        serde_json::json!({
+                            "metric": {"__name__": "measurement", "sensor": sensor},
+                            "values": values,
+                            "timestamps": timestamps,
+                        })
+                        .to_string()
+                    })
+                    .collect();
+                Bytes::from(lines.join("\n") + "\n")
+            })
+            .collect(),
+    )
+}
+
 fn ids(n: usize) -> Rc<Vec<String>> {
     Rc::new((0..n).map(workload::sensor_id).collect())
 }
@@ -636,12 +727,22 @@ async fn post_workload(
     connections: usize,
 ) -> Row {
     let server = Server::start(args).await;
+    let victoria = server.victoria.is_some();
     let job = Job::Post {
-        bodies: bodies(16, per_body, sensors),
+        path: if victoria { "/api/v1/import" } else { "/data" },
+        bodies: if victoria {
+            victoria_bodies(16, per_body, sensors)
+        } else {
+            bodies(16, per_body, sensors)
+        },
         per_body: per_body as u64,
     };
     let (tallies, acked, cpu, redis_cpu) = run_mix(args, &server, vec![(job, connections)]).await;
-    let verified = verify(&server, &ids(sensors), acked, 0).await;
+    let verified = if victoria {
+        "not checked".to_owned()
+    } else {
+        verify(&server, &ids(sensors), acked, 0).await
+    };
     let row = {
         let t = tallies[0].borrow();
         Row::from_tally(name, &connections.to_string(), &t, args, cpu, &server, verified)
@@ -679,6 +780,7 @@ async fn w3(args: &Args) -> Row {
 
 async fn w4(args: &Args) -> Row {
     let post = Job::Post {
+        path: "/data",
         bodies: bodies(16, 100, 10),
         per_body: 100,
     };
@@ -708,6 +810,7 @@ async fn w4(args: &Args) -> Row {
 
 async fn w5(args: &Args) -> Row {
     let post = Job::Post {
+        path: "/data",
         bodies: bodies(2, 100_000, 100),
         per_body: 100_000,
     };
@@ -776,6 +879,7 @@ async fn soak(args: &Args) -> Row {
         })
     };
     let job = Job::Post {
+        path: "/data",
         bodies: bodies(16, 1, 1),
         per_body: 1,
     };
@@ -840,6 +944,7 @@ async fn snapshots_under_w1(args: &Args) -> Row {
     }
     let before = scrape(&server).await;
     let job = Job::Post {
+        path: "/data",
         bodies: bodies(16, 1000, 100),
         per_body: 1000,
     };
@@ -938,8 +1043,11 @@ fn main() {
         let mut rows = Vec::new();
         for w in args.workloads.clone() {
             for store in args.stores.clone() {
-                // The naive server has no /metrics and no data dir.
-                if store == "naive" && matches!(w.as_str(), "mem" | "soak" | "snap") {
+                // The naive server has no /metrics and no data dir; VictoriaMetrics runs
+                // the posting workloads only.
+                if store == "naive" && matches!(w.as_str(), "mem" | "soak" | "snap")
+                    || store == VICTORIA && !matches!(w.as_str(), "w1" | "w2")
+                {
                     continue;
                 }
                 args.store = store;
@@ -1025,34 +1133,39 @@ fn per_cpu_second(r: &Row, duration: Duration) -> f64 {
     }
 }
 
-/// Each store's row against the naive server's row of the same workload in this run:
-/// work per server CPU-second, work per second, and p99.
+/// Each store's row against the naive server's row of the same workload in this run,
+/// then against VictoriaMetrics' when it ran: work per server CPU-second, work per
+/// second, and p99.
 fn print_ratios(rows: &[Row], duration: Duration) {
-    let naive: Vec<&Row> = rows.iter().filter(|r| r.store == "naive").collect();
-    if naive.is_empty() {
-        return;
-    }
-    println!("\n| workload | store | per server CPU-s vs naive | per second vs naive | p99 ms (naive) |");
-    println!("|---|---|---|---|---|");
-    for r in rows.iter().filter(|r| r.store != "naive") {
-        let Some(n) = naive.iter().find(|n| n.name == r.name) else {
+    for (baseline, label) in [("naive", "naive"), (VICTORIA, "VictoriaMetrics")] {
+        let base: Vec<&Row> = rows.iter().filter(|r| r.store == baseline).collect();
+        if base.is_empty() {
             continue;
-        };
-        let work = |r: &Row| {
-            if r.name.starts_with("W1") || r.name.starts_with("W4") || r.name.starts_with("W5") {
-                r.measurements_per_s
-            } else {
-                r.requests_per_s
-            }
-        };
+        }
         println!(
-            "| {} | {} | {:.2}x | {:.2}x | {:.2} ({:.2}) |",
-            r.name,
-            r.store,
-            per_cpu_second(r, duration) / per_cpu_second(n, duration).max(f64::MIN_POSITIVE),
-            work(r) / work(n).max(f64::MIN_POSITIVE),
-            r.p99_ms,
-            n.p99_ms
+            "\n| workload | store | per server CPU-s vs {label} | per second vs {label} | p99 ms ({label}) |"
         );
+        println!("|---|---|---|---|---|");
+        for r in rows.iter().filter(|r| r.store != baseline) {
+            let Some(n) = base.iter().find(|n| n.name == r.name) else {
+                continue;
+            };
+            let work = |r: &Row| {
+                if r.name.starts_with("W1") || r.name.starts_with("W4") || r.name.starts_with("W5") {
+                    r.measurements_per_s
+                } else {
+                    r.requests_per_s
+                }
+            };
+            println!(
+                "| {} | {} | {:.2}x | {:.2}x | {:.2} ({:.2}) |",
+                r.name,
+                r.store,
+                per_cpu_second(r, duration) / per_cpu_second(n, duration).max(f64::MIN_POSITIVE),
+                work(r) / work(n).max(f64::MIN_POSITIVE),
+                r.p99_ms,
+                n.p99_ms
+            );
+        }
     }
 }

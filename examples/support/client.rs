@@ -68,7 +68,12 @@ impl Client {
 
     /// `POST /data` with a JSON body.
     pub(crate) async fn post(&mut self, body: Bytes) -> StatusCode {
-        let req = Request::post("/data")
+        self.post_to("/data", body).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub(crate) async fn post_to(&mut self, path: &str, body: Bytes) -> StatusCode {
+        let req = Request::post(path)
             .header("host", "loadtest")
             .header("content-type", "application/json")
             .body(Full::new(body))
