@@ -411,4 +411,11 @@ impl DurableStore {
     pub fn fail_writes_for_tests(&self, fail: bool) {
         self.shared.fail_writes.store(fail, Ordering::Relaxed);
     }
+
+    /// Tests only: make every write of zeros ahead of a direct log segment's end fail
+    /// (`true`), or stop doing so.
+    #[doc(hidden)]
+    pub fn fail_zero_writes_for_tests(&self, fail: bool) {
+        self.shared.fail_zero_writes.store(fail, Ordering::Relaxed);
+    }
 }

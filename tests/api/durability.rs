@@ -883,7 +883,7 @@ async fn a_full_disk_answers_503_applies_nothing_unwritten_and_logs_once_a_secon
 async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
     let durable = app.store.durable().expect("durable store").clone();
     let body = |v: f64| format!("[{}]", measurement("s", "2021-11-08T21:38:09Z", v));
     app.post_data(body(1.0), StatusCode::NO_CONTENT).await;
@@ -932,6 +932,48 @@ async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_
         text.contains("sensor_stats_wal_fsync_duration_seconds_count"),
         "{text}"
     );
+
+    // The log read back holds exactly what was acknowledged: the failed writes left
+    // nothing behind (with direct writes, the block they began in is whole again).
+    app.trigger_shutdown();
+    app.server.take().unwrap().await.unwrap().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    let path = copy.path().to_owned();
+    let again = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let s = again.statistics("s").await;
+    assert_eq!((s["count"].as_u64(), s["avg"].as_f64()), (Some(2), Some(2.0)));
+}
+
+#[tokio::test]
+async fn fsync_always_goes_on_when_blocks_cannot_be_zeroed_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let durable = app.store.durable().expect("durable store").clone();
+    // The segment opened at start has zeroed nothing yet: its first group's zero write
+    // fails, and the segment goes on without zeroing, each write extending the file.
+    durable.fail_zero_writes_for_tests(true);
+    for i in 0..200 {
+        let body = format!("[{}]", measurement("z", "2021-11-08T21:38:09Z", f64::from(i)));
+        app.post_data(body, StatusCode::NO_CONTENT).await;
+    }
+    durable.fail_zero_writes_for_tests(false);
+    let segment = newest_segment(dir.path());
+    let bytes = std::fs::read(&segment).unwrap();
+    let (frames, end) = frames(&bytes);
+    assert_eq!(frames.len(), 200);
+    if direct_writes_in(dir.path()) {
+        assert_eq!(bytes.len(), end.next_multiple_of(4096), "no blocks zeroed ahead");
+    }
+    app.trigger_shutdown();
+    app.server.take().unwrap().await.unwrap().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    let path = copy.path().to_owned();
+    let again = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let s = again.statistics("z").await;
+    assert_eq!((s["count"].as_u64(), s["avg"].as_f64()), (Some(200), Some(99.5)));
 }
 
 /// How many log fsyncs the app's `/metrics` reports so far.

@@ -425,6 +425,8 @@ pub(super) struct Shared {
     pub(super) applied: AtomicU64,
     /// Tests: every log write fails as if the disk refused it.
     pub(super) fail_writes: AtomicBool,
+    /// Tests: every zero write ahead of a direct segment's end fails.
+    pub(super) fail_zero_writes: AtomicBool,
 }
 
 /// An entry to write, and who waits for it.
@@ -519,6 +521,8 @@ struct DirectWrite {
     blocks: Vec<Block>,
     /// Blocks to zero past the group's last one, before writing it.
     zero: Option<Range<u64>>,
+    /// Tests: the zero write fails.
+    fail_zero: bool,
 }
 
 /// What became of a group's `write` and `fsync` (`None`: not tried after a failed write;
@@ -546,7 +550,7 @@ impl Group {
         };
         if let Some(direct) = &mut self.direct {
             if let Some(zero) = direct.zero.clone()
-                && let Err(e) = write_zeros(&direct.file, zero)
+                && let Err(e) = injected(direct.fail_zero).and_then(|()| write_zeros(&direct.file, zero))
             {
                 tracing::debug!(error = %e, "cannot zero log blocks ahead: this segment grows by its writes");
                 outcome.zero_failed = true;
@@ -924,6 +928,7 @@ impl Committer {
                 tail: std::mem::take(&mut d.tail),
                 blocks: std::mem::take(&mut d.blocks),
                 zero,
+                fail_zero: self.shared.fail_zero_writes.load(Ordering::Relaxed),
             }
         });
         Some(Group {
