@@ -396,6 +396,16 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     segments
 }
 
+/// Stops `app` cleanly and starts another over the same data dir (the stopped app holds
+/// the dir's lock until it is dropped, as does any clone of its store).
+async fn restarted(mut app: TestApp, dir: &Path) -> TestApp {
+    app.trigger_shutdown();
+    app.server.take().unwrap().await.unwrap().unwrap();
+    drop(app);
+    let path = dir.to_owned();
+    spawn_app_on(None, move |c| c.data_dir = Some(path)).await
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -883,7 +893,7 @@ async fn a_full_disk_answers_503_applies_nothing_unwritten_and_logs_once_a_secon
 async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
     let durable = app.store.durable().expect("durable store").clone();
     let body = |v: f64| format!("[{}]", measurement("s", "2021-11-08T21:38:09Z", v));
     app.post_data(body(1.0), StatusCode::NO_CONTENT).await;
@@ -935,12 +945,8 @@ async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_
 
     // The log read back holds exactly what was acknowledged: the failed writes left
     // nothing behind (with direct writes, the block they began in is whole again).
-    app.trigger_shutdown();
-    app.server.take().unwrap().await.unwrap().unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(dir.path(), copy.path());
-    let path = copy.path().to_owned();
-    let again = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    drop(durable);
+    let again = restarted(app, dir.path()).await;
     let s = again.statistics("s").await;
     assert_eq!((s["count"].as_u64(), s["avg"].as_f64()), (Some(2), Some(2.0)));
 }
@@ -949,7 +955,7 @@ async fn a_failing_log_write_answers_503_applies_nothing_and_recovers_without_a_
 async fn fsync_always_goes_on_when_blocks_cannot_be_zeroed_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
     let durable = app.store.durable().expect("durable store").clone();
     // The segment opened at start has zeroed nothing yet: its first group's zero write
     // fails, and the segment goes on without zeroing, each write extending the file.
@@ -966,12 +972,8 @@ async fn fsync_always_goes_on_when_blocks_cannot_be_zeroed_ahead() {
     if direct_writes_in(dir.path()) {
         assert_eq!(bytes.len(), end.next_multiple_of(4096), "no blocks zeroed ahead");
     }
-    app.trigger_shutdown();
-    app.server.take().unwrap().await.unwrap().unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    copy_dir(dir.path(), copy.path());
-    let path = copy.path().to_owned();
-    let again = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    drop(durable);
+    let again = restarted(app, dir.path()).await;
     let s = again.statistics("z").await;
     assert_eq!((s["count"].as_u64(), s["avg"].as_f64()), (Some(200), Some(99.5)));
 }
@@ -1062,7 +1064,7 @@ async fn fsync_interval_answers_at_once_and_fsyncs_on_its_timer() {
 async fn fsync_always_groups_concurrent_writers_and_applies_each_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let mut app = spawn_app_on(None, move |c| {
+    let app = spawn_app_on(None, move |c| {
         c.data_dir = Some(path);
         c.snapshot_interval = Duration::from_millis(20);
     })
@@ -1104,11 +1106,7 @@ async fn fsync_always_groups_concurrent_writers_and_applies_each_once() {
     assert!(fsyncs >= groups, "{groups} groups, {fsyncs} fsyncs");
     let snapshots = metric(&text, "sensor_stats_snapshot_duration_seconds_count").unwrap_or(0.0);
     assert!(snapshots >= 1.0, "no snapshot was cut during the writes: {text}");
-    app.trigger_shutdown();
-    app.server.take().unwrap().await.unwrap().unwrap();
-    drop(app);
-    let path = dir.path().to_owned();
-    let app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let app = restarted(app, dir.path()).await;
     assert_eq!(app.statistics("shared").await["count"], 800);
     for w in 0..32 {
         assert_eq!(app.statistics(&format!("own-{w}")).await["count"], 25);
@@ -1197,7 +1195,7 @@ async fn idempotency_keys_survive_a_clean_restart_and_a_crash() {
 
     // Clean stop: the record is in the snapshot.
     let path = dir.path().to_owned();
-    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
     app.request(
         Method::POST,
         "/data",
@@ -1206,11 +1204,7 @@ async fn idempotency_keys_survive_a_clean_restart_and_a_crash() {
         StatusCode::NO_CONTENT,
     )
     .await;
-    app.trigger_shutdown();
-    app.server.take().unwrap().await.unwrap().unwrap();
-    drop(app); // it holds the data dir's lock
-    let path = dir.path().to_owned();
-    let mut app = spawn_app_on(None, move |c| c.data_dir = Some(path)).await;
+    let mut app = restarted(app, dir.path()).await;
     let replay = app
         .request(
             Method::POST,
