@@ -9,8 +9,9 @@
 //! Per connection: past `--max-connections` it is accepted and closed at once; otherwise
 //! its first byte must come within `--header-read-timeout`; with TLS, a first byte that
 //! is not a TLS handshake gets a plain-HTTP 400 saying to use https, and the handshake
-//! must finish within the same timeout; then hyper serves HTTP/1.1 or HTTP/2 (ALPN, or
-//! the HTTP/2 preface without TLS) until the client closes, the connection has seen no
+//! must finish within the same timeout; then the HTTP/1 loop of [`http::h1`] answers the
+//! hot requests itself and hands the connection to hyper, which serves HTTP/1.1 or
+//! HTTP/2 (ALPN, or the HTTP/2 preface without TLS), at the first other request, until the client closes, the connection has seen no
 //! byte in either direction for `--idle-timeout`, an HTTP/1 request's headers have taken
 //! longer than `--header-read-timeout` from their first byte, or shutdown.
 //!
@@ -444,19 +445,40 @@ impl Connection {
     /// Serves HTTP on `io` until the client closes, the connection idles past the idle
     /// timeout, a request's headers take longer than the header-read timeout, or
     /// shutdown; `activity` is what `io` and the service record of the connection.
+    /// Requests go to the HTTP/1 loop of [`http::h1`] first, to hyper from the first
+    /// request that loop does not take.
     async fn serve<I>(self, io: I, activity: &Arc<Activity>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let fast = http::h1::serve(
+            &self.service,
+            io,
+            || activity.request_started(Version::HTTP_11),
+            &self.drain,
+        );
+        let check_every = (self.header_read_timeout / 4).max(Duration::from_millis(1));
+        let watchdog = tokio::time::sleep(self.idle_timeout.min(check_every));
+        tokio::pin!(fast, watchdog);
+        let io = loop {
+            tokio::select! {
+                ended = fast.as_mut() => match ended {
+                    http::h1::Ended::Handover(io) => break io,
+                    http::h1::Ended::Closed => return,
+                },
+                () = self.abort.cancelled() => return,
+                () = watchdog.as_mut() => match self.watch(activity, check_every) {
+                    Watch::Wait(next) => watchdog.as_mut().reset(tokio::time::Instant::now() + next),
+                    Watch::Idle | Watch::HeadersTooSlow => return,
+                },
+            }
+        };
         let service = Watched {
             service: self.service.clone(),
             activity: Arc::clone(activity),
         };
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let check_every = (self.header_read_timeout / 4).max(Duration::from_millis(1));
-        let watchdog = tokio::time::sleep(self.idle_timeout.min(check_every));
-        tokio::pin!(watchdog);
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -466,20 +488,11 @@ impl Connection {
                     return;
                 }
                 () = self.drain.cancelled() => break,
-                () = watchdog.as_mut() => {
-                    let quiet = activity.quiet_for();
-                    if quiet >= self.idle_timeout {
-                        self.metrics.connection_idle_closed();
-                        break;
-                    }
-                    if activity.headers_arriving_for().is_some_and(|t| t >= self.header_read_timeout) {
-                        // As hyper does on its header-read timeout: closed, no answer.
-                        tracing::debug!(timeout = ?self.header_read_timeout, "request headers took too long; closing");
-                        return;
-                    }
-                    let next = (self.idle_timeout - quiet).min(check_every);
-                    watchdog.as_mut().reset(tokio::time::Instant::now() + next);
-                }
+                () = watchdog.as_mut() => match self.watch(activity, check_every) {
+                    Watch::Wait(next) => watchdog.as_mut().reset(tokio::time::Instant::now() + next),
+                    Watch::Idle => break,
+                    Watch::HeadersTooSlow => return,
+                },
             }
         }
         // HTTP/1: closes now when idle, after the response when a request is in flight;
@@ -490,6 +503,32 @@ impl Connection {
             () = self.abort.cancelled() => {}
         }
     }
+
+    /// The watchdog's look at the connection: idle past the idle timeout (counted),
+    /// a request's headers arriving for longer than the header-read timeout (closed
+    /// without an answer, as hyper does on its own timeout), or when to look again.
+    fn watch(&self, activity: &Activity, check_every: Duration) -> Watch {
+        let quiet = activity.quiet_for();
+        if quiet >= self.idle_timeout {
+            self.metrics.connection_idle_closed();
+            return Watch::Idle;
+        }
+        if activity
+            .headers_arriving_for()
+            .is_some_and(|t| t >= self.header_read_timeout)
+        {
+            tracing::debug!(timeout = ?self.header_read_timeout, "request headers took too long; closing");
+            return Watch::HeadersTooSlow;
+        }
+        Watch::Wait((self.idle_timeout - quiet).min(check_every))
+    }
+}
+
+/// What [`Connection::watch`] found.
+enum Watch {
+    Wait(Duration),
+    Idle,
+    HeadersTooSlow,
 }
 
 /// Answers a plain-HTTP client on the TLS port with a 400 it can read, then closes.

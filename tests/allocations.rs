@@ -2,8 +2,8 @@
 //!
 //! - decode + fold + apply of batches of 10, 1 000 and 100 000 measurements over the same
 //!   sensors make about the same number of allocations (none per measurement);
-//! - a whole request, as the server sees it over a real socket (hyper, the edge, the
-//!   handler, the store), makes at most a fixed number: W2 (`POST` of one measurement)
+//! - a whole request, as the server sees it over a real socket (the HTTP/1 loop, the
+//!   edge, the handler, the store), makes at most a fixed number: W2 (`POST` of one measurement)
 //!   and W3 (`GET /statistics/{sensor}`). The bounds are today's counts; a change that
 //!   adds an allocation per request fails here.
 //!
@@ -150,12 +150,15 @@ fn per_request(workload: Workload) -> f64 {
 fn a_get_of_statistics_makes_at_most_today_s_allocations() {
     let n = per_request(Workload::W3);
     eprintln!("W3 GET /statistics: {n:.2} allocations per request");
-    assert!(n <= 3.75, "{n:.2} allocations per GET");
+    // 3.7 when hyper served it; the HTTP/1 loop's buffers are the connection's, and the
+    // answer shares a per-thread buffer (a new one every ~150 answers).
+    assert!(n <= 0.05, "{n:.2} allocations per GET");
 }
 
 #[test]
 fn a_one_measurement_post_makes_at_most_today_s_allocations() {
     let n = per_request(Workload::W2);
     eprintln!("W2 POST one measurement: {n:.2} allocations per request");
-    assert!(n <= 6.1, "{n:.2} allocations per POST");
+    // 6.0 when hyper served it.
+    assert!(n <= 1.1, "{n:.2} allocations per POST");
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::{
     extract::Request,
-    http::{HeaderMap, Method},
+    http::{HeaderMap, HeaderValue, Method},
 };
 
 use crate::{
@@ -99,6 +99,21 @@ pub fn admit_parts<'s>(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<(Option<Permit<'s>>, Option<Caller>), ApiError> {
+    let authorization = headers.get(axum::http::header::AUTHORIZATION);
+    admit_raw(state, route, method, authorization.map(HeaderValue::as_bytes))
+}
+
+/// [`admit_parts`] on the raw `Authorization` header (the HTTP/1 loop of
+/// [`super::h1`] has no header map).
+///
+/// # Errors
+/// The [`ApiError`] to answer with.
+pub fn admit_raw<'s>(
+    state: &'s AppState,
+    route: &'static str,
+    method: &Method,
+    authorization: Option<&[u8]>,
+) -> Result<(Option<Permit<'s>>, Option<Caller>), ApiError> {
     let permit = if never_shed(route) {
         None
     } else if let Some(permit) = state.in_flight_limit.try_acquire() {
@@ -114,7 +129,7 @@ pub fn admit_parts<'s>(
     if need == Requirement::Open {
         return Ok((permit, None));
     }
-    let caller = authenticate(keys, headers).inspect_err(|e| {
+    let caller = authenticate(keys, authorization).inspect_err(|e| {
         if let ApiError::Unauthorized(reason) = e {
             state.metrics.auth_failure(*reason);
         }
@@ -131,11 +146,9 @@ pub fn admit_parts<'s>(
     Ok((permit, Some(Caller(caller))))
 }
 
-fn authenticate(keys: &Keyring, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized(AuthFailure::Missing))?;
-    let token = bearer_token(header.as_bytes()).ok_or(ApiError::Unauthorized(AuthFailure::Malformed))?;
+fn authenticate(keys: &Keyring, authorization: Option<&[u8]>) -> Result<Arc<ApiKey>, ApiError> {
+    let header = authorization.ok_or(ApiError::Unauthorized(AuthFailure::Missing))?;
+    let token = bearer_token(header).ok_or(ApiError::Unauthorized(AuthFailure::Malformed))?;
     keys.authenticate(token)
         .ok_or(ApiError::Unauthorized(AuthFailure::Unknown))
 }

@@ -68,7 +68,7 @@ where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    check_content_type(headers)?;
+    check_content_type(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes))?;
     let Some(raw_key) = headers.get(&IDEMPOTENCY_KEY) else {
         let mut body = read_body(body, state.body_limit).await?;
         apply(state, &mut body, None).await?;
@@ -76,6 +76,16 @@ where
     };
     // Rare: boxed, so the common request's future does not carry this one's size.
     Box::pin(idempotent(state, caller, raw_key, body)).await
+}
+
+/// [`ingest`] of a request without an `Idempotency-Key`, whose Content-Type has passed
+/// [`check_content_type`] and whose whole, uncompressed body is in `body` (the HTTP/1
+/// loop of [`super::h1`] reads it straight from the socket).
+///
+/// # Errors
+/// The [`ApiError`] to answer with; nothing was applied.
+pub async fn ingest_plain(state: &AppState, body: &mut Vec<u8>) -> Result<(), ApiError> {
+    apply(state, body, None).await
 }
 
 async fn idempotent<B>(
@@ -204,11 +214,11 @@ impl Drop for Held {
 }
 
 /// Accepts `application/json` with any parameters, or no Content-Type at all.
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+pub(super) fn check_content_type(value: Option<&[u8]>) -> Result<(), ApiError> {
+    let Some(value) = value else {
         return Ok(());
     };
-    let text = String::from_utf8_lossy(value.as_bytes());
+    let text = String::from_utf8_lossy(value);
     let essence = text.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())

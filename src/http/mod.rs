@@ -3,13 +3,16 @@
 //!
 //! Routes are registered through `utoipa_axum::routes!`, which takes each handler's
 //! `#[utoipa::path]` description along: the OpenAPI document (`openapi`) lists exactly
-//! the routes served. Connections are served by [`service::HttpService`], which answers
-//! the two hot requests (`GET /statistics/{sensor}`, `POST /data`) with the same edge
+//! the routes served. Connections start in the HTTP/1 loop of [`h1`], which answers the
+//! two hot requests (`GET /statistics/{sensor}`, `POST /data`) straight from the socket
+//! and hands the connection to hyper at the first other request; hyper serves it with
+//! [`service::HttpService`], which answers the same two requests with the same edge
 //! (`Edge`) and handler code, without the router, and passes every other request to it.
 
 pub mod access;
 pub mod docs;
 pub mod error;
+pub mod h1;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
@@ -138,8 +141,23 @@ struct Edge {
 impl Edge {
     fn start(state: &AppState, route: &'static str, method: &Method, headers: &HeaderMap) -> Self {
         let start = Instant::now();
-        let method = metrics::method_label(method);
-        let request_id = request_id::of(headers);
+        Self::begin(
+            state,
+            start,
+            route,
+            metrics::method_label(method),
+            request_id::of(headers),
+        )
+    }
+
+    /// [`Edge::start`] of a request that arrived at `start`, with its method label and id.
+    fn begin(
+        state: &AppState,
+        start: Instant,
+        route: &'static str,
+        method: &'static str,
+        request_id: HeaderValue,
+    ) -> Self {
         let span = tracing::debug_span!(
             target: SPAN_TARGET,
             "request",
@@ -159,6 +177,18 @@ impl Edge {
             span,
             in_flight: state.metrics.in_flight(),
         }
+    }
+
+    /// [`Edge::finish`] of a success that the HTTP/1 loop writes itself (only when the
+    /// request span is off: with it on, the loop builds the response and calls `finish`);
+    /// the request id, for the response.
+    fn finish_plain(self, state: &AppState, status: u16) -> HeaderValue {
+        debug_assert!(self.span.is_disabled());
+        drop(self.in_flight);
+        state
+            .metrics
+            .http_request(self.route, self.method, status, self.start.elapsed());
+        self.request_id
     }
 
     /// The response as sent: JSON errors, `Connection: close` while draining, the

@@ -1,6 +1,7 @@
-//! [`HttpService`]: the hyper service every connection is served with. It answers the
-//! two hot requests itself, without axum's router, and hands everything else to the
-//! router of [`super::router`].
+//! [`HttpService`]: the hyper service a connection is served with once the HTTP/1 loop
+//! of [`super::h1`] has handed it over (HTTP/2, and HTTP/1 from the first request the
+//! loop does not take). It answers the two hot requests itself, without axum's router,
+//! and hands everything else to the router of [`super::router`].
 //!
 //! The hot requests are `GET /statistics/{sensor}` with an id that needs no
 //! percent-decoding, and `POST /data` with an uncompressed body that does not announce
@@ -89,6 +90,18 @@ impl HttpService {
                 shared.router.clone().oneshot(request).await
             }),
         }
+    }
+}
+
+impl HttpService {
+    /// The state requests are answered from.
+    pub(super) fn state(&self) -> &AppState {
+        &self.shared.state
+    }
+
+    /// `--request-timeout`, for `POST /data`.
+    pub(super) fn request_timeout(&self) -> Duration {
+        self.shared.request_timeout
     }
 }
 
@@ -185,7 +198,7 @@ fn hot(method: &Method, path: &str, headers: &HeaderMap, body_limit: usize) -> O
 
 /// The sensor id of `/statistics/{sensor}` when it is one segment needing no
 /// percent-decoding (the router decodes the others).
-fn sensor_in(path: &str) -> Option<&str> {
+pub(super) fn sensor_in(path: &str) -> Option<&str> {
     let sensor = path.strip_prefix("/statistics/")?;
     (!sensor.is_empty() && !sensor.contains(['/', '%'])).then_some(sensor)
 }

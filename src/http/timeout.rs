@@ -70,6 +70,13 @@ where
 /// `future` (a service's future) with the timeout, armed at its first wait.
 pub fn lazy<F>(timeout: Duration, future: F) -> TimeoutFuture<F> {
     TimeoutFuture {
+        inner: within(timeout, future),
+    }
+}
+
+/// `future`'s output, or `None` when it has waited `timeout` since its first wait.
+pub fn within<F>(timeout: Duration, future: F) -> Within<F> {
+    Within {
         inner: future,
         timeout,
         sleep: None,
@@ -77,13 +84,37 @@ pub fn lazy<F>(timeout: Duration, future: F) -> TimeoutFuture<F> {
 }
 
 pin_project! {
-    /// The future of [`LazyTimeout`]: the inner future, and a timer once it has waited.
-    pub struct TimeoutFuture<F> {
+    /// The future of [`within`]: the inner future, and a timer once it has waited.
+    pub struct Within<F> {
         #[pin]
         inner: F,
         timeout: Duration,
         // Boxed: only requests that wait pay for it.
         sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(done) = this.inner.poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        let timeout = *this.timeout;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        sleep.as_mut().poll(cx).map(|()| None)
+    }
+}
+
+pin_project! {
+    /// The future of [`LazyTimeout`]: [`Within`], an empty 408 when it runs out.
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: Within<F>,
     }
 }
 
@@ -95,22 +126,13 @@ where
     type Output = Result<Response<R>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(done) = this.inner.poll(cx) {
-            return Poll::Ready(done);
-        }
-        let timeout = *this.timeout;
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
+        self.project().inner.poll(cx).map(|done| {
+            done.unwrap_or_else(|| {
                 let mut response = Response::new(R::default());
                 *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-                Poll::Ready(Ok(response))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+                Ok(response)
+            })
+        })
     }
 }
 

@@ -21,3 +21,4 @@ mod shutdown;
 mod statistics;
 mod store_outage;
 mod tls;
+mod wire;
